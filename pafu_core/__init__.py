@@ -1,0 +1,19 @@
+"""PaFu-KV core: a budgeted KV cache with learned salience for autoregressive Wan 2.1 video.
+
+Pure PyTorch; never imports ComfyUI. See README.md for the map of modules.
+"""
+
+from .adapter import WanChunkRunner
+from .cache import CacheBudget, KVCache, cache_bytes_for
+from .ops import TorchOps
+from .policies import POLICY_NAMES, Policy, make_policy
+from .report import CacheReport, ChunkStats
+from .sampler import SampleResult, SamplerConfig, sample_video
+from .wan import WAN21_1_3B, WanConfig, WanDiT, load_wan_checkpoint, load_wan_state_dict, tiny_config
+
+__all__ = [
+    "WanChunkRunner", "CacheBudget", "KVCache", "cache_bytes_for", "TorchOps", "POLICY_NAMES",
+    "Policy", "make_policy", "CacheReport", "ChunkStats", "SampleResult", "SamplerConfig",
+    "sample_video", "WAN21_1_3B", "WanConfig", "WanDiT", "load_wan_checkpoint",
+    "load_wan_state_dict", "tiny_config",
+]

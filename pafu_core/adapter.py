@@ -1,0 +1,195 @@
+"""The Wan 2.1 layer math, written once against the module *layout* rather than a class.
+
+``WanChunkRunner`` only calls submodules by their Wan names (``blocks[i].self_attn.q``, ...), casts
+raw parameters (``modulation``) through ``ops.cast`` and never reads a layer's weight. So it runs
+over our ``WanDiT`` and over ComfyUI's ``WanModel`` / ``CausalWanModel`` (whose layers cast weights
+and apply fp8 and LoRA patches themselves); the node pack passes ComfyUI's attention and RoPE
+in ``ops``.
+
+Two entry points share the block code: ``forward_full`` (whole clip, optional attention mask: the
+bidirectional teacher and the block-causal reference) and ``forward_chunk`` (one chunk attending
+to a ``KVCache``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+from .attention import attention_with_key_mass
+from .ops import TorchOps
+from .wan import sinusoidal_embedding
+
+_REQUIRED = ("patch_embedding", "text_embedding", "time_embedding", "time_projection", "blocks", "head")
+
+
+def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, frames: int) -> torch.Tensor:
+    """x [B, S, C] * (1 + scale) + shift, with shift/scale per frame [B, F, C] (no repeat copy)."""
+    b, s, c = x.shape
+    xv = x.view(b, frames, s // frames, c)
+    return torch.addcmul(shift.unsqueeze(2), xv, 1 + scale.unsqueeze(2)).view(b, s, c)
+
+
+def _gate(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor, frames: int) -> torch.Tensor:
+    b, s, c = x.shape
+    return torch.addcmul(x.view(b, frames, s // frames, c), y.view(b, frames, s // frames, c),
+                         gate.unsqueeze(2)).view(b, s, c)
+
+
+class WanChunkRunner:
+    """Runs a Wan 2.1 module tree chunk by chunk against a KV cache."""
+
+    def __init__(self, model: nn.Module, ops=None, dtype: torch.dtype | None = None):
+        missing = [name for name in _REQUIRED if not hasattr(model, name)]
+        if missing:
+            raise ValueError(f"not a Wan 2.1 diffusion model ({type(model).__name__} has no "
+                             f"{', '.join(missing)}); the PaFu sampler needs a Wan 2.1 backbone")
+        if getattr(model, "model_type", "t2v") not in ("t2v",):
+            raise ValueError(f"only Wan 2.1 text-to-video models are supported, got model_type="
+                             f"{model.model_type!r}")
+        self.model = model
+        self.ops = ops or TorchOps()
+        self.num_layers = len(model.blocks)
+        self.dim = model.dim
+        self.num_heads = model.num_heads
+        self.head_dim = self.dim // self.num_heads
+        self.patch_size = tuple(model.patch_size)
+        self.in_dim = getattr(model, "in_dim", None) or model.config.in_dim
+        self.text_dim = getattr(model, "text_dim", None) or model.config.text_dim
+        self.out_dim = model.out_dim
+        self.freq_dim = model.freq_dim
+        if dtype is None:
+            dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
+        self.dtype = dtype
+
+    # ---- embeddings ------------------------------------------------------------------------
+    def tokens_per_frame(self, height: int, width: int) -> int:
+        return (height // self.patch_size[1]) * (width // self.patch_size[2])
+
+    def patchify(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
+        tokens = self.ops.embed_patches(self.model.patch_embedding, x).to(self.dtype)
+        grid = tuple(tokens.shape[2:])
+        return tokens.flatten(2).transpose(1, 2), grid
+
+    def unpatchify(self, x: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+        b = x.shape[0]
+        pt, ph, pw = self.patch_size
+        u = x[:, :math.prod(grid)].view(b, *grid, pt, ph, pw, self.out_dim)
+        u = torch.einsum("bfhwpqrc->bcfphqwr", u)
+        return u.reshape(b, self.out_dim, grid[0] * pt, grid[1] * ph, grid[2] * pw)
+
+    def embed_text(self, context: torch.Tensor) -> torch.Tensor:
+        return self.model.text_embedding(context.to(self.dtype))
+
+    def cross_kv(self, text: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per-layer cross-attention K/V of the embedded text: computed once per generation."""
+        b, l, _ = text.shape
+        out = []
+        for blk in self.model.blocks:
+            ca = blk.cross_attn
+            k = ca.norm_k(ca.k(text)).view(b, l, self.num_heads, self.head_dim)
+            v = ca.v(text).view(b, l, self.num_heads, self.head_dim)
+            out.append((k, v))
+        return out
+
+    def embed_time(self, timestep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """timestep [B, F] (0..1000) -> e [B, F, C] for the head, e0 [B, F, 6, C] for the blocks."""
+        b, f = timestep.shape
+        e = self.model.time_embedding(
+            sinusoidal_embedding(self.freq_dim, timestep.flatten()).to(self.dtype)).view(b, f, self.dim)
+        e0 = self.model.time_projection(e).unflatten(-1, (6, self.dim))
+        return e, e0
+
+    # ---- the transformer -------------------------------------------------------------------
+    def run_blocks(self, x, e0, frames, freqs, cross_kv, attend) -> torch.Tensor:
+        """All blocks. ``attend(layer, q, k, v, h)`` returns self-attention output [B, S, H*D]
+        given roped q/k, v [B, S, H, D] and the block's modulated input h [B, S, C]."""
+        b, s, _ = x.shape
+        n, d = self.num_heads, self.head_dim
+        for i, blk in enumerate(self.model.blocks):
+            e = (self.ops.cast(blk.modulation, x).unsqueeze(0) + e0).unbind(2)
+            h = _modulate(blk.norm1(x), e[0], e[1], frames)
+            sa = blk.self_attn
+            q = self.ops.apply_rope(sa.norm_q(sa.q(h)).view(b, s, n, d), freqs)
+            k = self.ops.apply_rope(sa.norm_k(sa.k(h)).view(b, s, n, d), freqs)
+            v = sa.v(h).view(b, s, n, d)
+            x = _gate(x, sa.o(attend(i, q, k, v, h)), e[2], frames)
+            ca = blk.cross_attn
+            cq = ca.norm_q(ca.q(blk.norm3(x))).view(b, s, n, d)
+            ck, cv = cross_kv[i]
+            x = x + ca.o(self.ops.attention(cq, ck, cv))
+            y = blk.ffn(_modulate(blk.norm2(x), e[3], e[4], frames))
+            x = _gate(x, y, e[5], frames)
+        return x
+
+    def final_head(self, x: torch.Tensor, e: torch.Tensor, frames: int) -> torch.Tensor:
+        head = self.model.head
+        shift, scale = (self.ops.cast(head.modulation, x).unsqueeze(0) + e.unsqueeze(2)).unbind(2)
+        return head.head(_modulate(head.norm(x), shift, scale, frames))
+
+    @staticmethod
+    def _per_frame(timestep: torch.Tensor, batch: int, frames: int) -> torch.Tensor:
+        t = torch.as_tensor(timestep, dtype=torch.float32)
+        if t.ndim == 0:
+            t = t.expand(batch)
+        if t.ndim == 1:
+            t = t[:, None].expand(batch, frames)
+        return t
+
+    def forward_full(self, x: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor,
+                     frame_offset: int = 0, attn_mask: torch.Tensor | None = None,
+                     observer=None) -> torch.Tensor:
+        """Whole-clip forward (bidirectional unless ``attn_mask`` [N, N] bool says otherwise).
+
+        ``observer(layer, q, k)`` sees every layer's roped queries and keys (the SSE teacher).
+        """
+        b, _, f = x.shape[:3]
+        tokens, grid = self.patchify(x)
+        t = self._per_frame(timestep, b, grid[0]).to(x.device)
+        e, e0 = self.embed_time(t)
+        freqs = self.ops.rope_freqs(self.model, frame_offset, grid, x.device)
+        cross = self.cross_kv(self.embed_text(context))
+
+        def attend(i, q, k, v, h):
+            if observer is not None:
+                observer(i, q, k)
+            return self.ops.attention(q, k, v, attn_mask)
+
+        out = self.run_blocks(tokens, e0, grid[0], freqs, cross, attend)
+        return self.unpatchify(self.final_head(out, e, grid[0]), grid)
+
+    def forward_chunk(self, x: torch.Tensor, timestep: torch.Tensor, frame_start: int,
+                      cache, write: bool = False) -> torch.Tensor | None:
+        """One chunk x [B, C, F, H, W] attending to the cache.
+
+        Denoising passes (``write=False``) stage the chunk's K/V in the cache's spare slots and
+        leave the committed tokens untouched; the cache-writing pass (``write=True``) commits the
+        chunk, lets the policy score it and evicts down to the budget. Returns the flow
+        prediction, or None for the writing pass (its head output is not needed).
+        """
+        b = x.shape[0]
+        tokens, grid = self.patchify(x)
+        frames = grid[0]
+        t = self._per_frame(timestep, b, frames).to(x.device)
+        e, e0 = self.embed_time(t)
+        freqs = self.ops.rope_freqs(self.model, frame_start, grid, x.device)
+        cache.open_chunk(frame_start, frames)
+        collect_mass = write and cache.policy.needs_attention_mass
+
+        def attend(i, q, k, v, h):
+            keys, values = cache.stage(i, k, v)
+            if write:
+                cache.record_hidden(i, h)
+            if collect_mass:
+                out, mass = attention_with_key_mass(q, keys, values)
+                cache.add_attention_mass(i, mass)
+                return out
+            return self.ops.attention(q, keys, values)
+
+        out = self.run_blocks(tokens, e0, frames, freqs, cache.cross_kv, attend)
+        if write:
+            cache.commit(unrope=lambda k: self.ops.unrope(k, freqs))
+            return None
+        return self.unpatchify(self.final_head(out, e, frames), grid)

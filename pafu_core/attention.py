@@ -1,0 +1,37 @@
+"""Attention statistics computed tile by tile over queries, never holding the full map.
+
+A row's softmax needs the whole key row, so tiles are slices of queries with all keys; logits are
+fp32 per tile. Used by the attention-mass (H2O-style) policy during the cache-writing pass.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def query_tile_size(num_keys: int, batch: int, heads: int, max_bytes: float = 256e6) -> int:
+    """Largest query tile whose fp32 logits [B, H, tile, N] fit in ``max_bytes``."""
+    return max(1, int(max_bytes // (4 * batch * heads * max(1, num_keys))))
+
+
+def attention_with_key_mass(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                            tile: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax attention plus the attention mass each key receives.
+
+    q [B, S, H, D], k/v [B, N, H, D] -> (output [B, S, H*D] in q's dtype,
+    mass [B, N] fp32 = sum over heads and queries of the attention probabilities).
+    """
+    b, s, h, d = q.shape
+    n = k.shape[1]
+    tile = tile or query_tile_size(n, b, h)
+    kt = k.transpose(1, 2).to(torch.float32)          # [B, H, N, D]
+    vt = v.transpose(1, 2).to(torch.float32)
+    out = torch.empty(b, s, h, d, dtype=q.dtype, device=q.device)
+    mass = torch.zeros(b, n, dtype=torch.float32, device=q.device)
+    scale = d ** -0.5
+    for start in range(0, s, tile):
+        qt = q[:, start:start + tile].transpose(1, 2).to(torch.float32)   # [B, H, T, D]
+        probs = torch.softmax((qt @ kt.transpose(-1, -2)) * scale, dim=-1)  # [B, H, T, N]
+        mass += probs.sum(dim=(1, 2))
+        out[:, start:start + tile] = (probs @ vt).transpose(1, 2).to(q.dtype)
+    return out.flatten(2), mass

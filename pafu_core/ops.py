@@ -1,0 +1,80 @@
+"""The few primitive operations the chunk forward needs, behind one small object.
+
+``TorchOps`` is plain PyTorch (SDPA, our RoPE). Inside ComfyUI the node pack hands the same runner
+an object with ComfyUI's own ``cast_to``, ``optimized_attention`` and RoPE functions, so the layer
+math in ``adapter.py`` is written once and runs over either model tree.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def rope_angles(head_dim: int, frame_ids: torch.Tensor, height: int, width: int,
+                theta: float = 10000.0) -> torch.Tensor:
+    """Wan 2.1 3-axis RoPE angles, [len(frame_ids) * height * width, head_dim // 2], float32.
+
+    The head dimension is split [d - 4(d//6), 2(d//6), 2(d//6)] over (time, height, width), as in
+    Wan 2.1 and ComfyUI's ``EmbedND``; axis frequencies are theta^(-2i/d_axis).
+    """
+    d = head_dim
+    axes = (d - 4 * (d // 6), 2 * (d // 6), 2 * (d // 6))
+    device = frame_ids.device
+    positions = (frame_ids.to(torch.float64), torch.arange(height, device=device, dtype=torch.float64),
+                 torch.arange(width, device=device, dtype=torch.float64))
+    per_axis = []
+    for pos, axis_dim in zip(positions, axes):
+        omega = 1.0 / theta ** (torch.arange(0, axis_dim, 2, device=device, dtype=torch.float64) / axis_dim)
+        per_axis.append(torch.outer(pos, omega).to(torch.float32))
+    t, h, w = per_axis
+    f, hh, ww = len(frame_ids), height, width
+    angles = torch.cat([
+        t[:, None, None, :].expand(f, hh, ww, -1),
+        h[None, :, None, :].expand(f, hh, ww, -1),
+        w[None, None, :, :].expand(f, hh, ww, -1),
+    ], dim=-1)
+    return angles.reshape(f * hh * ww, d // 2)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate consecutive pairs of x [B, S, H, D] by angles given as cos/sin [S, D/2] (fp32 math)."""
+    xf = x.to(torch.float32).unflatten(-1, (-1, 2))
+    x0, x1 = xf[..., 0], xf[..., 1]
+    c, s = cos[:, None, :], sin[:, None, :]
+    out = torch.stack((x0 * c - x1 * s, x0 * s + x1 * c), dim=-1)
+    return out.flatten(-2).to(x.dtype)
+
+
+class TorchOps:
+    """Plain-PyTorch primitives: SDPA attention, Wan RoPE, dtype/device casting of raw parameters."""
+
+    def cast(self, param: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return param.to(dtype=like.dtype, device=like.device)
+
+    def embed_patches(self, conv: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return conv(x.to(conv.weight.dtype))
+
+    def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                  mask: torch.Tensor | None = None) -> torch.Tensor:
+        """q [B, S, H, D], k/v [B, N, H, D] -> [B, S, H*D]; mask bool [S, N], True = attend."""
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                             attn_mask=mask)
+        return out.transpose(1, 2).flatten(2)
+
+    def rope_freqs(self, model, frame_start: int, grid: tuple[int, int, int],
+                   device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        f, h, w = grid
+        head_dim = model.dim // model.num_heads
+        frames = torch.arange(frame_start, frame_start + f, device=device)
+        angles = rope_angles(head_dim, frames, h, w)
+        return torch.cos(angles), torch.sin(angles)
+
+    def apply_rope(self, x: torch.Tensor, freqs) -> torch.Tensor:
+        cos, sin = freqs
+        return apply_rope(x, cos, sin)
+
+    def unrope(self, x: torch.Tensor, freqs) -> torch.Tensor:
+        """Undo ``apply_rope`` (the salience head reads keys as they were before RoPE)."""
+        cos, sin = freqs
+        return apply_rope(x, cos, -sin)

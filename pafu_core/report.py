@@ -1,0 +1,59 @@
+"""Per-chunk statistics of a rollout and their summaries (what the cache report shows)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+
+@dataclass
+class ChunkStats:
+    chunk: int
+    frame_start: int
+    frames: int
+    tokens_per_layer: int          # committed tokens in every layer after this chunk
+    kv_bytes: int                  # self-attention K/V bytes in committed slots
+    cache_bytes: int               # every byte the cache owns (buffers + metadata + cross K/V)
+    chunk_ms: float                # all denoising passes + the cache-writing pass
+    policy_ms: float               # scoring + eviction inside the writing pass
+    evicted: int                   # tokens evicted per layer at this chunk
+
+
+@dataclass
+class CacheReport:
+    """What one rollout did with its cache; ``kept_frames`` [chunks, layers, frames] on the CPU."""
+
+    policy: str
+    budget_tokens: int
+    tokens_per_frame: int
+    num_layers: int
+    total_frames: int
+    chunks: list[ChunkStats] = field(default_factory=list)
+    kept_frames: torch.Tensor | None = None
+
+    @property
+    def peak_cache_bytes(self) -> int:
+        return max((c.cache_bytes for c in self.chunks), default=0)
+
+    @property
+    def mean_chunk_ms(self) -> float:
+        return sum(c.chunk_ms for c in self.chunks) / max(1, len(self.chunks))
+
+    def summary(self) -> str:
+        last = self.chunks[-1] if self.chunks else None
+        if last is None:
+            return f"{self.policy}: no chunks generated"
+        budget_frames = self.budget_tokens / self.tokens_per_frame
+        policy_share = sum(c.policy_ms for c in self.chunks) / max(1e-9, sum(c.chunk_ms for c in self.chunks))
+        return (f"policy {self.policy}: {len(self.chunks)} chunks, {self.total_frames} latent frames; "
+                f"budget {self.budget_tokens} tokens/layer ({budget_frames:.2f} frames); "
+                f"kept {last.tokens_per_layer} tokens/layer; cache {last.cache_bytes / 2**20:.2f} MiB "
+                f"(peak {self.peak_cache_bytes / 2**20:.2f} MiB); mean chunk {self.mean_chunk_ms:.1f} ms, "
+                f"policy share {100 * policy_share:.2f}%")
+
+    def to_dict(self) -> dict:
+        d = {k: v for k, v in asdict(self).items() if k != "kept_frames"}
+        if self.kept_frames is not None:
+            d["kept_frames"] = self.kept_frames.tolist()
+        return d

@@ -1,0 +1,183 @@
+"""Self-Forcing / Causal-Forcing style chunked autoregressive sampling with a budgeted KV cache.
+
+Per chunk: start from noise; a few flow-matching denoising passes (timesteps warped by ``shift``),
+each predicting the clean chunk and re-noising it with fresh noise to the next timestep; then one
+cache-writing pass over the clean chunk (or at ``context_timestep``) whose K/V enter the cache,
+after which the policy scores them and the cache evicts down to its budget.
+
+All noise comes from one CPU generator seeded once, drawn in the same order for every policy, so
+rollouts under different policies are directly comparable.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from .adapter import WanChunkRunner
+from .cache import CacheBudget, KVCache
+from .policies import Policy
+from .report import CacheReport, ChunkStats
+from .timing import synchronize
+
+DEFAULT_TIMESTEPS = (1000.0, 750.0, 500.0, 250.0)
+
+
+def warp_timesteps(timesteps, shift: float) -> list[float]:
+    """Flow-matching shift: sigma = shift*s / (1 + (shift-1)*s) with s = t/1000."""
+    out = []
+    for t in timesteps:
+        s = t / 1000.0
+        out.append(shift * s / (1 + (shift - 1) * s))
+    return out
+
+
+def parse_timesteps(text: str) -> tuple[float, ...]:
+    """'1000, 750, 500, 250' -> (1000.0, 750.0, 500.0, 250.0), with a readable error."""
+    try:
+        values = tuple(float(v) for v in text.replace(";", ",").split(",") if v.strip())
+    except ValueError:
+        raise ValueError(f"timesteps must be comma-separated numbers, got {text!r}") from None
+    validate_timesteps(values)
+    return values
+
+
+def validate_timesteps(timesteps) -> None:
+    ts = list(timesteps)
+    if not ts:
+        raise ValueError("timesteps is empty: give at least one denoising timestep, e.g. 1000,750,500,250")
+    if any(not (0 < t <= 1000) for t in ts):
+        raise ValueError(f"timesteps must lie in (0, 1000], got {ts}")
+    if any(a <= b for a, b in zip(ts, ts[1:])):
+        raise ValueError(f"timesteps must be strictly decreasing, got {ts}")
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    chunk_frames: int = 3
+    timesteps: tuple[float, ...] = DEFAULT_TIMESTEPS
+    shift: float = 5.0
+    context_timestep: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self):
+        if not isinstance(self.chunk_frames, int) or self.chunk_frames < 1:
+            raise ValueError(f"chunk_frames must be a positive integer, got {self.chunk_frames!r}")
+        object.__setattr__(self, "timesteps", tuple(float(t) for t in self.timesteps))
+        validate_timesteps(self.timesteps)
+        if not self.shift > 0:
+            raise ValueError(f"shift must be positive, got {self.shift}")
+        if not 0 <= self.context_timestep < 1000:
+            raise ValueError(f"context_timestep must lie in [0, 1000), got {self.context_timestep}")
+
+    @property
+    def sigmas(self) -> list[float]:
+        return warp_timesteps(self.timesteps, self.shift)
+
+
+@dataclass
+class SampleResult:
+    latents: torch.Tensor      # [B, C, F, H, W] float32, the model's latent space
+    report: CacheReport
+
+
+StepCallback = Callable[[int, int, torch.Tensor], None]     # (chunk, step, x0 prediction)
+ChunkCallback = Callable[[ChunkStats, torch.Tensor], None]  # (stats, clean chunk)
+
+
+def build_cache(runner: WanChunkRunner, policy: Policy, budget: CacheBudget | None, *, batch: int,
+                tokens_per_frame: int, chunk_frames: int, total_frames: int,
+                device: torch.device) -> KVCache:
+    return KVCache(num_layers=runner.num_layers, batch=batch, num_heads=runner.num_heads,
+                   head_dim=runner.head_dim, tokens_per_frame=tokens_per_frame,
+                   chunk_frames=chunk_frames, total_frames=total_frames, policy=policy,
+                   budget=budget, device=device, dtype=runner.dtype, hidden_dim=runner.dim)
+
+
+def check_inputs(runner: WanChunkRunner, context: torch.Tensor, noise: torch.Tensor) -> None:
+    if context.ndim != 3 or context.shape[-1] != runner.text_dim:
+        raise ValueError(f"conditioning must be [batch, tokens, {runner.text_dim}] (umT5 width), "
+                         f"got {tuple(context.shape)}")
+    if noise.ndim != 5:
+        raise ValueError(f"latent must be [batch, channels, frames, height, width], got {tuple(noise.shape)}")
+    if noise.shape[1] != runner.in_dim:
+        raise ValueError(f"latent has {noise.shape[1]} channels but the model expects {runner.in_dim} "
+                         f"(Wan 2.1 latents have 16)")
+    _, ph, pw = runner.patch_size
+    if noise.shape[3] % ph or noise.shape[4] % pw:
+        raise ValueError(f"latent height/width {tuple(noise.shape[3:])} must be multiples of the patch "
+                         f"size {(ph, pw)}")
+    if context.shape[0] not in (1, noise.shape[0]):
+        raise ValueError(f"conditioning batch {context.shape[0]} does not match latent batch {noise.shape[0]}")
+
+
+def sample_video(runner: WanChunkRunner, context: torch.Tensor, *, num_frames: int, height: int,
+                 width: int, policy: Policy, budget: CacheBudget | None,
+                 config: SamplerConfig = SamplerConfig(), batch: int = 1,
+                 device: torch.device | str | None = None, noise: torch.Tensor | None = None,
+                 step_callback: StepCallback | None = None,
+                 chunk_callback: ChunkCallback | None = None) -> SampleResult:
+    """Generate ``num_frames`` latent frames chunk by chunk.
+
+    ``noise`` (optional) fixes the initial noise [B, C, F, H, W]; otherwise it is drawn from the
+    seeded generator. Callbacks may raise to interrupt; the cache is freed either way.
+    """
+    device = torch.device(device) if device is not None else context.device
+    gen = torch.Generator("cpu").manual_seed(config.seed)
+    if noise is None:
+        noise = torch.randn(batch, runner.in_dim, num_frames, height, width, generator=gen)
+    check_inputs(runner, context, noise)
+    batch, channels, num_frames, height, width = noise.shape
+    if num_frames < 1:
+        raise ValueError("num_frames must be at least 1")
+    tokens_per_frame = runner.tokens_per_frame(height, width)
+    chunk_frames = min(config.chunk_frames, num_frames)
+    cache = build_cache(runner, policy, budget, batch=batch, tokens_per_frame=tokens_per_frame,
+                        chunk_frames=chunk_frames, total_frames=num_frames, device=device)
+    report = CacheReport(policy=policy.describe(), budget_tokens=cache.budget_tokens,
+                         tokens_per_frame=tokens_per_frame, num_layers=runner.num_layers,
+                         total_frames=num_frames)
+    sigmas = config.sigmas
+    latents = torch.empty(noise.shape, dtype=torch.float32, device=device)
+    kept = []
+    try:
+        with torch.inference_mode():
+            context = context.to(device).expand(batch, -1, -1)
+            cache.cross_kv = runner.cross_kv(runner.embed_text(context))
+            for chunk, f0 in enumerate(range(0, num_frames, chunk_frames)):
+                f1 = min(num_frames, f0 + chunk_frames)
+                synchronize(device)
+                t0 = time.perf_counter()
+                x = noise[:, :, f0:f1].to(device=device, dtype=torch.float32)
+                x0 = x
+                for step, sigma in enumerate(sigmas):
+                    t = torch.full((batch, f1 - f0), sigma * 1000.0, device=device)
+                    flow = runner.forward_chunk(x, t, f0, cache).float()
+                    x0 = x - sigma * flow
+                    if step_callback is not None:
+                        step_callback(chunk, step, x0)
+                    if step + 1 < len(sigmas):
+                        nxt = sigmas[step + 1]
+                        x = (1 - nxt) * x0 + nxt * torch.randn(x0.shape, generator=gen).to(device)
+                s_ctx = config.context_timestep / 1000.0
+                x_ctx = x0 if s_ctx == 0 else (1 - s_ctx) * x0 + s_ctx * torch.randn(x0.shape, generator=gen).to(device)
+                t_ctx = torch.full((batch, f1 - f0), config.context_timestep, device=device)
+                runner.forward_chunk(x_ctx, t_ctx, f0, cache, write=True)
+                latents[:, :, f0:f1] = x0
+                kept.append(cache.kept_frame_counts(num_frames))
+                synchronize(device)
+                stats = ChunkStats(chunk=chunk, frame_start=f0, frames=f1 - f0,
+                                   tokens_per_layer=cache.length, kv_bytes=cache.kv_bytes_held(),
+                                   cache_bytes=cache.nbytes(),
+                                   chunk_ms=(time.perf_counter() - t0) * 1e3,
+                                   policy_ms=cache.policy_timer.take_ms(), evicted=cache.last_evicted)
+                report.chunks.append(stats)
+                if chunk_callback is not None:
+                    chunk_callback(stats, x0)
+        report.kept_frames = torch.stack(kept).cpu() if kept else None
+        return SampleResult(latents=latents, report=report)
+    finally:
+        cache.release()

@@ -1,0 +1,283 @@
+"""Wan 2.1 diffusion transformer, weight-compatible with Wan / ComfyUI / Self-Forcing checkpoints.
+
+The module tree uses the exact Wan 2.1 parameter names and shapes, so a real checkpoint loads with
+strict key checking. The autoregressive chunk forward does not live here: it is written against the
+*layout* of this tree (see ``adapter.py``) so that it also runs over ComfyUI's ``WanModel`` and
+``CausalWanModel``. ``WanDiT.forward`` is the plain full-sequence forward (optionally with an
+attention mask) that serves as the bidirectional teacher and as the reference for exactness tests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from .ops import TorchOps
+
+
+@dataclass(frozen=True)
+class WanConfig:
+    """Sizes of a Wan 2.1 text-to-video DiT. ``WAN21_1_3B`` is the real 1.3B model."""
+
+    dim: int = 1536
+    ffn_dim: int = 8960
+    num_heads: int = 12
+    num_layers: int = 30
+    in_dim: int = 16
+    out_dim: int = 16
+    text_dim: int = 4096
+    freq_dim: int = 256
+    patch_size: tuple[int, int, int] = (1, 2, 2)
+    eps: float = 1e-6
+
+    def __post_init__(self):
+        if self.dim % self.num_heads:
+            raise ValueError(f"dim={self.dim} is not divisible by num_heads={self.num_heads}")
+        if self.head_dim % 2 or self.head_dim < 6:
+            raise ValueError(f"head_dim={self.head_dim} must be even and >= 6 for 3-axis RoPE")
+        object.__setattr__(self, "patch_size", tuple(int(p) for p in self.patch_size))
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.num_heads
+
+    def tokens_per_frame(self, latent_height: int, latent_width: int) -> int:
+        """Tokens one latent frame becomes after patchify (1560 for 480x832 at Wan's patch 1x2x2)."""
+        _, ph, pw = self.patch_size
+        return (latent_height // ph) * (latent_width // pw)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["patch_size"] = list(self.patch_size)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "WanConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown Wan config fields: {sorted(unknown)}")
+        return cls(**{k: (tuple(v) if k == "patch_size" else v) for k, v in d.items()})
+
+    def fingerprint(self) -> str:
+        """Short stable hash of the shape-defining fields; a salience head records it."""
+        key = {k: self.to_dict()[k] for k in ("dim", "num_heads", "num_layers", "patch_size", "in_dim")}
+        return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+    @classmethod
+    def from_state_dict(cls, sd: dict[str, torch.Tensor], head_dim: int = 128) -> "WanConfig":
+        """Infer sizes from a (prefix-stripped) Wan state dict, the way ComfyUI's detection does."""
+        try:
+            pe = sd["patch_embedding.weight"]
+            dim, in_dim = pe.shape[0], pe.shape[1]
+            ffn_dim = sd["blocks.0.ffn.0.weight"].shape[0]
+            text_dim = sd["text_embedding.0.weight"].shape[1]
+            freq_dim = sd["time_embedding.0.weight"].shape[1]
+            head_w = sd["head.head.weight"]
+        except KeyError as e:
+            raise ValueError(f"not a Wan 2.1 state dict: missing key {e.args[0]!r}") from None
+        if "head.modulation" not in sd:
+            raise ValueError("not a Wan 2.1 state dict: missing key 'head.modulation'")
+        layers = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
+        patch = tuple(pe.shape[2:])
+        out_dim = head_w.shape[0] // math.prod(patch)
+        return cls(dim=dim, ffn_dim=ffn_dim, num_heads=dim // head_dim, num_layers=layers,
+                   in_dim=in_dim, out_dim=out_dim, text_dim=text_dim, freq_dim=freq_dim,
+                   patch_size=patch)
+
+
+WAN21_1_3B = WanConfig()
+
+
+def tiny_config(dim: int = 128, num_layers: int = 2, ffn_dim: int | None = None) -> WanConfig:
+    """A small config that ComfyUI's own Wan detection also builds (head_dim 128, text_dim 4096)."""
+    return WanConfig(dim=dim, ffn_dim=ffn_dim or 2 * dim, num_heads=max(1, dim // 128),
+                     num_layers=num_layers)
+
+
+def sinusoidal_embedding(dim: int, position: torch.Tensor) -> torch.Tensor:
+    """Wan's timestep embedding: [cos, sin] of position x 10000^(-i/half), in float32."""
+    half = dim // 2
+    position = position.to(torch.float32)
+    freqs = torch.pow(10000.0, -torch.arange(half, device=position.device, dtype=torch.float32) / half)
+    angles = torch.outer(position, freqs)
+    return torch.cat([torch.cos(angles), torch.sin(angles)], dim=1)
+
+
+class WanSelfAttention(nn.Module):
+    def __init__(self, dim: int, num_heads: int, eps: float):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.o = nn.Linear(dim, dim)
+        self.norm_q = nn.RMSNorm(dim, eps=eps)
+        self.norm_k = nn.RMSNorm(dim, eps=eps)
+
+
+class WanBlock(nn.Module):
+    def __init__(self, cfg: WanConfig):
+        super().__init__()
+        dim = cfg.dim
+        self.norm1 = nn.LayerNorm(dim, eps=cfg.eps, elementwise_affine=False)
+        self.self_attn = WanSelfAttention(dim, cfg.num_heads, cfg.eps)
+        self.norm3 = nn.LayerNorm(dim, eps=cfg.eps, elementwise_affine=True)
+        self.cross_attn = WanSelfAttention(dim, cfg.num_heads, cfg.eps)
+        self.norm2 = nn.LayerNorm(dim, eps=cfg.eps, elementwise_affine=False)
+        self.ffn = nn.Sequential(nn.Linear(dim, cfg.ffn_dim), nn.GELU(approximate="tanh"),
+                                 nn.Linear(cfg.ffn_dim, dim))
+        self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim ** 0.5)
+
+
+class WanHead(nn.Module):
+    def __init__(self, cfg: WanConfig):
+        super().__init__()
+        self.norm = nn.LayerNorm(cfg.dim, eps=cfg.eps, elementwise_affine=False)
+        self.head = nn.Linear(cfg.dim, math.prod(cfg.patch_size) * cfg.out_dim)
+        self.modulation = nn.Parameter(torch.randn(1, 2, cfg.dim) / cfg.dim ** 0.5)
+
+
+class WanDiT(nn.Module):
+    """Wan 2.1 T2V backbone (parameters only + full-sequence forward)."""
+
+    def __init__(self, cfg: WanConfig):
+        super().__init__()
+        self.config = cfg
+        dim = cfg.dim
+        self.patch_size = cfg.patch_size
+        self.freq_dim = cfg.freq_dim
+        self.dim = dim
+        self.num_heads = cfg.num_heads
+        self.out_dim = cfg.out_dim
+        self.in_dim = cfg.in_dim
+        self.text_dim = cfg.text_dim
+        self.model_type = "t2v"
+        self.patch_embedding = nn.Conv3d(cfg.in_dim, dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+        self.text_embedding = nn.Sequential(nn.Linear(cfg.text_dim, dim), nn.GELU(approximate="tanh"),
+                                            nn.Linear(dim, dim))
+        self.time_embedding = nn.Sequential(nn.Linear(cfg.freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+        self.blocks = nn.ModuleList(WanBlock(cfg) for _ in range(cfg.num_layers))
+        self.head = WanHead(cfg)
+
+    def forward(self, x: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor,
+                frame_offset: int = 0, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Full-sequence forward: x [B, C, F, H, W], timestep [B] or per frame [B, F], context [B, L, text_dim].
+
+        ``attn_mask`` (bool [N, N], True = attend) turns it into e.g. a block-causal model.
+        Returns the flow prediction with x's shape.
+        """
+        from .adapter import WanChunkRunner  # one implementation of the layer math, shared
+        runner = WanChunkRunner(self, TorchOps())
+        return runner.forward_full(x, timestep, context, frame_offset=frame_offset, attn_mask=attn_mask)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoint loading
+
+#: Prefixes that AR training checkpoints and ComfyUI exports put before Wan's own names.
+CHECKPOINT_PREFIXES = ("generator_ema.", "generator.", "model._fsdp_wrapped_module.",
+                       "model.diffusion_model.", "diffusion_model.", "_orig_mod.", "model.")
+
+
+def strip_checkpoint_prefixes(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Map Self-Forcing / CausVid / Causal-Forcing / ComfyUI layouts onto plain Wan names.
+
+    When both an EMA generator and a plain generator are present, the EMA weights win (as the
+    released AR checkpoints are meant to be used).
+    """
+    if any(k.startswith("generator_ema.") for k in sd):
+        sd = {k: v for k, v in sd.items() if k.startswith("generator_ema.")}
+    elif any(k.startswith("generator.") for k in sd):
+        sd = {k: v for k, v in sd.items() if k.startswith("generator.")}
+    out = {}
+    for key, value in sd.items():
+        changed = True
+        while changed:
+            changed = False
+            for prefix in CHECKPOINT_PREFIXES:
+                if key.startswith(prefix):
+                    key, changed = key[len(prefix):], True
+        out[key] = value
+    return out
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a checkpoint file: safetensors, or a torch file loaded with ``weights_only=True``."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+        return load_file(path)
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(obj, dict) and not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        # {"generator_ema": {...}, "generator": {...}, ...}: flatten one level with the key as prefix
+        flat = {}
+        for top, inner in obj.items():
+            if isinstance(inner, dict):
+                flat.update({f"{top}.{k}": v for k, v in inner.items() if isinstance(v, torch.Tensor)})
+        obj = flat
+    return obj
+
+
+def load_wan_state_dict(model: nn.Module, sd: dict[str, torch.Tensor]) -> None:
+    """Strictly load a (possibly prefixed) Wan state dict; errors name every bad key."""
+    sd = strip_checkpoint_prefixes(sd)
+    own = model.state_dict()
+    missing = sorted(set(own) - set(sd))
+    unexpected = sorted(set(sd) - set(own))
+    wrong_shape = sorted(f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
+                         for k in set(sd) & set(own) if sd[k].shape != own[k].shape)
+    problems = []
+    if missing:
+        problems.append(f"missing keys ({len(missing)}): {', '.join(missing[:20])}"
+                        + (" ..." if len(missing) > 20 else ""))
+    if unexpected:
+        problems.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected[:20])}"
+                        + (" ..." if len(unexpected) > 20 else ""))
+    if wrong_shape:
+        problems.append(f"wrong shapes ({len(wrong_shape)}): {'; '.join(wrong_shape[:20])}")
+    if problems:
+        raise ValueError("Wan state dict does not match the model:\n  " + "\n  ".join(problems))
+    model.load_state_dict(sd, strict=True)
+
+
+def load_wan_checkpoint(path: str | os.PathLike, config: WanConfig | None = None,
+                        dtype: torch.dtype = torch.float32) -> WanDiT:
+    """Build a ``WanDiT`` from a checkpoint file, inferring the config when none is given."""
+    sd = strip_checkpoint_prefixes(read_state_dict(path))
+    cfg = config or WanConfig.from_state_dict(sd)
+    model = WanDiT(cfg)
+    load_wan_state_dict(model, sd)
+    return model.to(dtype)
+
+
+def init_weights_(model: WanDiT, seed: int = 0) -> WanDiT:
+    """Deterministic random init (for tests and timing; random weights time the same as real ones)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim >= 2 and "modulation" not in name:
+                fan_in = p[0].numel()
+                p.copy_(torch.randn(p.shape, generator=gen) / math.sqrt(fan_in))
+            elif "modulation" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) / math.sqrt(p.shape[-1]))
+            elif name.endswith("bias"):
+                p.zero_()
+            else:
+                p.fill_(1.0)
+    return model
+
+
+def param_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

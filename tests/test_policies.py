@@ -1,0 +1,122 @@
+"""Each scorer against what it promises; the learned-head slot receives the right features."""
+
+import pytest
+import torch
+
+from pafu_core.attention import attention_with_key_mass
+from pafu_core.cache import CacheBudget
+from pafu_core.policies import PaFuSalience, make_policy
+from pafu_core.sampler import SamplerConfig, build_cache, sample_video
+
+
+@pytest.mark.parametrize("tile", [1, 5, 16, None])
+def test_tiled_attention_mass_equals_full_softmax(tile):
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, n, 3, 16, generator=gen) for n in (17, 29, 29))
+    out, mass = attention_with_key_mass(q, k, v, tile=tile)
+    probs = torch.softmax(torch.einsum("bshd,bnhd->bhsn", q, k) / 4.0, dim=-1)
+    assert torch.allclose(mass, probs.sum(dim=(1, 2)), atol=1e-5)
+    ref = torch.einsum("bhsn,bnhd->bshd", probs, v).flatten(2)
+    assert torch.allclose(out, ref, atol=1e-5)
+
+
+def rollout(runner, context, name, budget, frames=12, **kw):
+    return sample_video(runner, context, num_frames=frames, height=8, width=8, policy=make_policy(name, **kw),
+                        budget=budget, config=SamplerConfig(chunk_frames=2))
+
+
+def last_kept_frames(report):
+    return [set(torch.nonzero(layer).flatten().tolist()) for layer in report.kept_frames[-1]]
+
+
+def test_fifo_keeps_the_newest_frames(runner, context):
+    rep = rollout(runner, context, "fifo", CacheBudget(4)).report
+    assert all(kept == {8, 9, 10, 11} for kept in last_kept_frames(rep))
+
+
+def test_sink_window_keeps_sinks_and_newest(runner, context):
+    rep = rollout(runner, context, "sink_window", CacheBudget(5, sink_frames=1)).report
+    assert all(kept == {0, 8, 9, 10, 11} for kept in last_kept_frames(rep))
+
+
+def test_attention_mass_accumulates_and_keeps_heavy_hitters():
+    from pafu_core.cache import KVCache
+    cache = KVCache(num_layers=1, batch=1, num_heads=1, head_dim=4, tokens_per_frame=2, chunk_frames=1,
+                    total_frames=4, policy=make_policy("attention_mass"), budget=CacheBudget(2))
+    masses = [torch.tensor([[1.0, 5.0]]), torch.tensor([[1.0, 1.0, 0.5, 3.0]]),
+              torch.tensor([[0.0, 0.0, 0.0, 0.0, 1.0, 1.0]])]
+    for f, mass in enumerate(masses):
+        cache.open_chunk(f, 1)
+        k = torch.full((1, 2, 1, 4), float(f))
+        cache.stage(0, k, k)
+        cache.add_attention_mass(0, mass)
+        cache.commit()
+    # totals: frame0 tokens (2, 6), frame1 (0.5, 3), frame2 (1, 1) protected -> keep 6 and 3
+    held = sorted(cache.attention_mass[0, 0, :cache.length].tolist())
+    assert held == [1.0, 1.0, 3.0, 6.0]
+    assert sorted(cache.frame_index[0, 0, :cache.length].tolist()) == [0, 1, 2, 2]
+
+
+def test_key_norm_prefers_low_norm_keys():
+    from pafu_core.cache import KVCache
+    cache = KVCache(num_layers=1, batch=1, num_heads=2, head_dim=4, tokens_per_frame=2, chunk_frames=1,
+                    total_frames=4, policy=make_policy("key_norm"), budget=CacheBudget(2))
+    norms = [5.0, 1.0, 3.0, 0.5, 4.0, 2.0, 9.0, 9.0]
+    for f in range(4):
+        cache.open_chunk(f, 1)
+        k = torch.tensor(norms[2 * f:2 * f + 2]).view(1, 2, 1, 1).expand(1, 2, 2, 4) / 2.0
+        cache.stage(0, k, k)
+        cache.commit()
+    held = sorted(cache.kv[0, 0, 0, :cache.length, 0, 0].mul(2).tolist())
+    assert held == [0.5, 1.0, 9.0, 9.0]
+
+
+def test_random_is_seeded(runner, context):
+    a = rollout(runner, context, "random", CacheBudget(4), seed=1).report.kept_frames
+    b = rollout(runner, context, "random", CacheBudget(4), seed=1).report.kept_frames
+    assert torch.equal(a, b)
+
+
+def test_policy_names():
+    with pytest.raises(ValueError, match="needs a salience head"):
+        make_policy("pafu")
+    with pytest.raises(ValueError, match="unknown policy"):
+        make_policy("lru")
+
+
+class RecordingHead:
+    """Stands in for the learned head: records what it is given, scores by a fixed rule."""
+
+    input_features = ("keys", "values", "hidden")
+
+    def __init__(self):
+        self.calls = []
+
+    def score_tokens(self, keys, values, hidden):
+        self.calls.append((keys.clone(), values.clone(), hidden.clone()))
+        return keys.float().mean(dim=(-1, -2))
+
+
+def test_salience_slot_gets_pre_rope_keys_values_and_hidden(runner, context):
+    head = RecordingHead()
+    policy = PaFuSalience(head)
+    captured = {}
+    hooks = [blk.self_attn.norm_k.register_forward_hook(
+        lambda mod, inp, out, i=i: captured.__setitem__(i, out.detach().clone()))
+        for i, blk in enumerate(runner.model.blocks)]
+    try:
+        cache = build_cache(runner, policy, CacheBudget(4), batch=1, tokens_per_frame=16, chunk_frames=2,
+                            total_frames=4, device="cpu")
+        cache.cross_kv = runner.cross_kv(runner.embed_text(context))
+        x = torch.randn(1, 16, 2, 8, 8)
+        with torch.no_grad():
+            runner.forward_chunk(x, torch.zeros(1, 2), 0, cache, write=True)
+    finally:
+        for h in hooks:
+            h.remove()
+    keys, values, hidden = head.calls[-1]
+    assert keys.shape == (runner.num_layers, 1, 32, runner.num_heads, runner.head_dim)
+    assert hidden.shape == (runner.num_layers, 1, 32, runner.dim)
+    for i in range(runner.num_layers):
+        assert torch.allclose(keys[i, 0].flatten(-2), captured[i][0], atol=1e-5)
+    assert torch.equal(values, cache.kv[:, 1, :, :32])
