@@ -1,5 +1,15 @@
-"""ComfyUI entry point for the PaFu-KV node pack (nodes arrive in nodes/)."""
+"""ComfyUI entry point of the PaFu-KV node pack.
+
+Inside ComfyUI this registers the nodes (V3 ``comfy_entrypoint``) and the web extension. Outside
+ComfyUI (tests, scripts) importing the package must not fail: ``pafu_core`` never needs ComfyUI.
+"""
 
 WEB_DIRECTORY = "./web"
-NODE_CLASS_MAPPINGS: dict = {}
-NODE_DISPLAY_NAME_MAPPINGS: dict = {}
+
+try:
+    from .nodes import comfy_entrypoint  # noqa: F401  (needs ComfyUI's comfy_api)
+except ImportError as err:  # pragma: no cover - only outside ComfyUI
+    if "comfy" not in str(err):
+        raise
+
+__all__ = ["WEB_DIRECTORY", "comfy_entrypoint"]

@@ -98,7 +98,8 @@ class KVCache:
         shape = (num_layers, 2, batch, self.capacity, num_heads, head_dim)
         self.kv = torch.zeros(shape, device=self.device, dtype=dtype)
         meta = (num_layers, batch, self.capacity)
-        self.frame_index = torch.full(meta, -1, device=self.device, dtype=torch.int32)
+        # global position of the token in each slot (frame * tokens_per_frame + index in frame)
+        self.token_index = torch.full(meta, -1, device=self.device, dtype=torch.int32)
         self.scores = torch.zeros(meta, device=self.device, dtype=torch.float32)
         self.attention_mass = (torch.zeros(meta, device=self.device, dtype=torch.float32)
                                if policy.needs_attention_mass else None)
@@ -159,9 +160,8 @@ class KVCache:
     def _commit(self, unrope) -> None:
         n, s = self.length, self._staged
         end = n + s
-        frames = torch.arange(self._frame_start, self._frame_start + s // self.tokens_per_frame,
-                              device=self.device, dtype=torch.int32)
-        self.frame_index[:, :, n:end] = frames.repeat_interleave(self.tokens_per_frame)
+        first = self._frame_start * self.tokens_per_frame
+        self.token_index[:, :, n:end] = torch.arange(first, first + s, device=self.device, dtype=torch.int32)
         view = CacheView(self, n, end, unrope)
         if self.policy.scores_on_entry:
             self.scores[:, :, n:end] = self.policy.score(view).to(torch.float32)
@@ -180,7 +180,7 @@ class KVCache:
     def protected_mask(self, n: int, end: int) -> torch.Tensor:
         """True for slots that are never evicted: the newest chunk and sink frames."""
         newest = (self._positions[:end] >= n).expand(self.num_layers, self.batch, end)
-        return newest | (self.frame_index[:, :, :end] < self.sink_frames)
+        return newest | (self.token_index[:, :, :end] < self.sink_frames * self.tokens_per_frame)
 
     def _evict(self, n: int, end: int, excess: int) -> None:
         key = self.scores[:, :, :end].masked_fill(self.protected_mask(n, end), float("inf"))
@@ -201,7 +201,7 @@ class KVCache:
         rows = torch.arange(self.num_layers * self.batch, device=self.device).view(
             self.num_layers, self.batch, 1) * self.capacity
         meta_src, meta_dst = (rows + src).flatten(), (rows + dst).flatten()
-        for buf in (self.frame_index, self.scores, self.attention_mass):
+        for buf in (self.token_index, self.scores, self.attention_mass):
             if buf is not None:
                 flat = buf.view(-1)
                 flat.index_copy_(0, meta_dst, flat.index_select(0, meta_src))
@@ -215,14 +215,25 @@ class KVCache:
         flat.index_copy_(0, kv_dst, flat.index_select(0, kv_src))
 
     # ---- reading -------------------------------------------------------------------------
+    @property
+    def frame_index(self) -> torch.Tensor:
+        """[layers, B, capacity] latent frame of the token in each slot (-1: never used)."""
+        return torch.where(self.token_index >= 0, self.token_index // self.tokens_per_frame, -1)
+
     def kept_frame_counts(self, total_frames: int) -> torch.Tensor:
         """[layers, total_frames] how many tokens of each frame a layer keeps (batch 0)."""
-        idx = self.frame_index[:, 0, :self.length].long()
+        idx = self.token_index[:, 0, :self.length].long() // self.tokens_per_frame
         counts = torch.zeros(self.num_layers, total_frames, device=self.device, dtype=torch.int32)
         return counts.scatter_add_(1, idx, torch.ones_like(idx, dtype=torch.int32))
 
+    def kept_token_mask(self) -> torch.Tensor:
+        """[layers, total tokens] bool: which tokens of the video each layer holds now (batch 0)."""
+        idx = self.token_index[:, 0, :self.length].long()
+        mask = torch.zeros(self.num_layers, self.total_tokens, device=self.device, dtype=torch.bool)
+        return mask.scatter_(1, idx, True)
+
     def owned_tensors(self) -> list[torch.Tensor]:
-        owned = [self.kv, self.frame_index, self.scores, self._positions]
+        owned = [self.kv, self.token_index, self.scores, self._positions]
         owned += [t for t in (self.attention_mass, self.hidden) if t is not None]
         owned += [t for pair in self.cross_kv if pair is not None for t in pair]
         return owned
@@ -237,7 +248,7 @@ class KVCache:
 
     def release(self) -> None:
         """Drop every buffer (after an interruption or at the end of a run)."""
-        self.kv = self.frame_index = self.scores = self.attention_mass = self.hidden = None
+        self.kv = self.token_index = self.scores = self.attention_mass = self.hidden = None
         self._positions = None
         self.cross_kv = [None] * self.num_layers
         self.length = 0
@@ -265,7 +276,7 @@ class CacheView:
 
     @property
     def frame_index(self) -> torch.Tensor:
-        return self.cache.frame_index[:, :, :self.end]
+        return self.cache.token_index[:, :, :self.end] // self.cache.tokens_per_frame
 
     @property
     def attention_mass(self) -> torch.Tensor | None:
@@ -274,7 +285,7 @@ class CacheView:
 
     @property
     def entering_frame_index(self) -> torch.Tensor:
-        return self.cache.frame_index[:, :, self.start:self.end]
+        return self.cache.token_index[:, :, self.start:self.end] // self.cache.tokens_per_frame
 
     @property
     def entering_keys(self) -> torch.Tensor:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import torch
 
@@ -29,8 +29,10 @@ class CacheReport:
     tokens_per_frame: int
     num_layers: int
     total_frames: int
+    grid_hw: tuple[int, int] = (0, 0)          # tokens per frame as (rows, columns)
     chunks: list[ChunkStats] = field(default_factory=list)
     kept_frames: torch.Tensor | None = None
+    final_kept: torch.Tensor | None = None     # [layers, total tokens] bool at the end of the rollout
 
     @property
     def peak_cache_bytes(self) -> int:
@@ -53,7 +55,8 @@ class CacheReport:
                 f"policy share {100 * policy_share:.2f}%")
 
     def to_dict(self) -> dict:
-        d = {k: v for k, v in asdict(self).items() if k != "kept_frames"}
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("kept_frames", "final_kept")}
+        d["chunks"] = [asdict(c) for c in self.chunks]
         if self.kept_frames is not None:
             d["kept_frames"] = self.kept_frames.tolist()
         return d

@@ -103,14 +103,26 @@ class SalienceHead(nn.Module):
         hid = F.gelu(torch.baddbmm(self.b1, x, self.w1))
         return torch.baddbmm(self.b2, hid, self.w2)
 
-    def score_tokens(self, keys, values, hidden) -> torch.Tensor:
-        """The cache-policy interface: [layers, B, S, ...] features -> [layers, B, S] salience."""
+    def score_tokens(self, keys, values, hidden, max_bytes: float = 256e6) -> torch.Tensor:
+        """The cache-policy interface: [layers, B, S, ...] features -> [layers, B, S] salience.
+
+        Layers are scored in as few batched groups as keep the feature matrix under ``max_bytes``
+        (one group for small models; a handful at Wan 1.3B scale).
+        """
         ref = next(t for t in (keys, values, hidden) if t is not None)
         lyr, b, s = ref.shape[:3]
         if lyr != self.config.num_layers:
             raise ValueError(f"salience head has {self.config.num_layers} layers, the model {lyr}")
-        out = self(self.features(keys, values, hidden))
-        return out.mean(dim=-1).view(lyr, b, s)
+        per_layer = b * s * self.config.in_features * self.w1.element_size()
+        group = max(1, min(lyr, int(max_bytes // max(1, per_layer))))
+        out = []
+        for g0 in range(0, lyr, group):
+            sl = slice(g0, g0 + group)
+            part = [t[sl] if t is not None else None for t in (keys, values, hidden)]
+            x = self.features(*part)
+            hid = F.gelu(torch.baddbmm(self.b1[sl], x, self.w1[sl]))
+            out.append(torch.baddbmm(self.b2[sl], hid, self.w2[sl]).mean(dim=-1))
+        return torch.cat(out).view(lyr, b, s)
 
     def param_count(self) -> int:
         return sum(p.numel() for p in self.parameters())

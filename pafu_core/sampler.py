@@ -119,34 +119,61 @@ def sample_video(runner: WanChunkRunner, context: torch.Tensor, *, num_frames: i
                  config: SamplerConfig = SamplerConfig(), batch: int = 1,
                  device: torch.device | str | None = None, noise: torch.Tensor | None = None,
                  step_callback: StepCallback | None = None,
-                 chunk_callback: ChunkCallback | None = None) -> SampleResult:
+                 chunk_callback: ChunkCallback | None = None,
+                 negative: torch.Tensor | None = None, cfg: float = 1.0) -> SampleResult:
     """Generate ``num_frames`` latent frames chunk by chunk.
 
     ``noise`` (optional) fixes the initial noise [B, C, F, H, W]; otherwise it is drawn from the
-    seeded generator. Callbacks may raise to interrupt; the cache is freed either way.
+    seeded generator. With ``cfg`` != 1 the ``negative`` conditioning runs as a second half of the
+    batch with its own cache rows (classifier-free guidance, for models not distilled without it).
+    Callbacks may raise to interrupt; the cache is freed either way.
     """
     device = torch.device(device) if device is not None else context.device
     gen = torch.Generator("cpu").manual_seed(config.seed)
     if noise is None:
         noise = torch.randn(batch, runner.in_dim, num_frames, height, width, generator=gen)
     check_inputs(runner, context, noise)
+    guided = cfg != 1.0
+    if guided:
+        if negative is None:
+            raise ValueError(f"cfg={cfg} needs negative conditioning (or set cfg to 1.0)")
+        check_inputs(runner, negative, noise)
     batch, channels, num_frames, height, width = noise.shape
+    rows = 2 * batch if guided else batch
     if num_frames < 1:
         raise ValueError("num_frames must be at least 1")
     tokens_per_frame = runner.tokens_per_frame(height, width)
     chunk_frames = min(config.chunk_frames, num_frames)
-    cache = build_cache(runner, policy, budget, batch=batch, tokens_per_frame=tokens_per_frame,
+    cache = build_cache(runner, policy, budget, batch=rows, tokens_per_frame=tokens_per_frame,
                         chunk_frames=chunk_frames, total_frames=num_frames, device=device)
     report = CacheReport(policy=policy.describe(), budget_tokens=cache.budget_tokens,
                          tokens_per_frame=tokens_per_frame, num_layers=runner.num_layers,
-                         total_frames=num_frames)
+                         total_frames=num_frames,
+                         grid_hw=(height // runner.patch_size[1], width // runner.patch_size[2]))
     sigmas = config.sigmas
     latents = torch.empty(noise.shape, dtype=torch.float32, device=device)
     kept = []
     try:
         with torch.inference_mode():
             context = context.to(device).expand(batch, -1, -1)
+            if guided:
+                negative = negative.to(device).expand(batch, -1, -1)
+                if negative.shape[1] != context.shape[1]:     # pad the shorter text with zeros
+                    n = max(negative.shape[1], context.shape[1])
+                    context, negative = (torch.nn.functional.pad(c, (0, 0, 0, n - c.shape[1]))
+                                         for c in (context, negative))
+                context = torch.cat([context, negative])
             cache.cross_kv = runner.cross_kv(runner.embed_text(context))
+
+            def predict(x, t, frame_start, write=False):
+                if not guided:
+                    return runner.forward_chunk(x, t, frame_start, cache, write=write)
+                out = runner.forward_chunk(torch.cat([x, x]), torch.cat([t, t]), frame_start, cache, write=write)
+                if out is None:
+                    return None
+                cond, uncond = out.float().chunk(2)
+                return uncond + cfg * (cond - uncond)
+
             for chunk, f0 in enumerate(range(0, num_frames, chunk_frames)):
                 f1 = min(num_frames, f0 + chunk_frames)
                 synchronize(device)
@@ -155,7 +182,7 @@ def sample_video(runner: WanChunkRunner, context: torch.Tensor, *, num_frames: i
                 x0 = x
                 for step, sigma in enumerate(sigmas):
                     t = torch.full((batch, f1 - f0), sigma * 1000.0, device=device)
-                    flow = runner.forward_chunk(x, t, f0, cache).float()
+                    flow = predict(x, t, f0).float()
                     x0 = x - sigma * flow
                     if step_callback is not None:
                         step_callback(chunk, step, x0)
@@ -165,7 +192,7 @@ def sample_video(runner: WanChunkRunner, context: torch.Tensor, *, num_frames: i
                 s_ctx = config.context_timestep / 1000.0
                 x_ctx = x0 if s_ctx == 0 else (1 - s_ctx) * x0 + s_ctx * torch.randn(x0.shape, generator=gen).to(device)
                 t_ctx = torch.full((batch, f1 - f0), config.context_timestep, device=device)
-                runner.forward_chunk(x_ctx, t_ctx, f0, cache, write=True)
+                predict(x_ctx, t_ctx, f0, write=True)
                 latents[:, :, f0:f1] = x0
                 kept.append(cache.kept_frame_counts(num_frames))
                 synchronize(device)
@@ -178,6 +205,7 @@ def sample_video(runner: WanChunkRunner, context: torch.Tensor, *, num_frames: i
                 if chunk_callback is not None:
                     chunk_callback(stats, x0)
         report.kept_frames = torch.stack(kept).cpu() if kept else None
+        report.final_kept = cache.kept_token_mask().cpu()
         return SampleResult(latents=latents, report=report)
     finally:
         cache.release()

@@ -84,7 +84,12 @@ def sse_region_scores(q: torch.Tensor, k: torch.Tensor, blocks: torch.Tensor,
         onehot = region[None, :] == torch.arange(3, device=q.device)[:, None]    # [3, N]
         for t0 in range(s0, s1, tile):
             qt = q[:, t0:min(s1, t0 + tile)].transpose(1, 2).to(torch.float32)  # [B, H, T, D]
-            col_max = torch.softmax((qt @ kt) * scale, dim=-1).amax(dim=2)      # [B, H, N]
+            probs = qt @ kt                                                    # [B, H, T, N]
+            probs.mul_(scale)                      # softmax in place: one tile buffer, not three
+            probs.sub_(probs.amax(dim=-1, keepdim=True)).exp_()
+            probs.div_(probs.sum(dim=-1, keepdim=True))
+            col_max = probs.amax(dim=2)                                         # [B, H, N]
+            del probs
             acc = torch.maximum(acc, torch.where(onehot[:, None, None, :], col_max, 0.0))
     return acc.mean(dim=2)
 

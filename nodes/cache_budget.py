@@ -1,0 +1,59 @@
+"""PaFu KV Cache Budget: which policy decides, and how many tokens each layer may keep."""
+
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from ..pafu_core.cache import REFERENCE_FRAMES
+from ..pafu_core.policies import POLICY_NAMES
+from ..pafu_core.settings import BUDGET_UNITS, CacheSettings
+from ..pafu_core.wan import WAN21_1_3B
+from .types import PafuCache
+
+POLICY_HELP = ("pafu: learned salience head (connect a head to the sampler). keep_all: no eviction, memory grows "
+               "with the video. fifo: sliding window. sink_window: first frames + window. attention_mass: "
+               "H2O-style accumulated attention. key_norm: keeps low-norm keys. random: control.")
+
+
+class PaFuKVCacheBudget(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PaFuKVCacheBudget",
+            display_name="PaFu KV Cache Budget",
+            category="PaFu-KV",
+            description="Cache policy and budget for the PaFu AR Chunk Sampler; the text output estimates the "
+                        "cache memory for Wan 2.1 1.3B at the stated resolution.",
+            inputs=[
+                io.Combo.Input("policy", options=list(POLICY_NAMES), default="pafu", tooltip=POLICY_HELP),
+                io.Float.Input("budget", default=0.25, min=0.0, max=1e7, step=0.005,
+                               tooltip="Tokens each layer keeps, in budget_unit. 0.25 fraction = 25% of "
+                                       "Self-Forcing's 21-frame cache (8190 tokens at 480p)."),
+                io.Combo.Input("budget_unit", options=list(BUDGET_UNITS), default="fraction",
+                               tooltip="fraction of reference_frames latent frames, latent_frames, or tokens."),
+                io.Int.Input("sink_frames", default=0, min=0, max=64,
+                             tooltip="First latent frames that are never evicted (attention sinks). "
+                                     "sink_window needs at least 1."),
+                io.Int.Input("reference_frames", default=REFERENCE_FRAMES, min=1, max=4096, optional=True,
+                             tooltip="The window a fraction refers to: 21 latent frames for Self-Forcing-class "
+                                     "Wan models, the training clip for other models."),
+                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, optional=True,
+                             tooltip="Seed of the random control policy (ignored by the others)."),
+                io.Int.Input("estimate_width", default=832, min=16, max=8192, step=16, optional=True,
+                             tooltip="Video width for the memory estimate."),
+                io.Int.Input("estimate_height", default=480, min=16, max=8192, step=16, optional=True,
+                             tooltip="Video height for the memory estimate."),
+            ],
+            outputs=[PafuCache.Output("cache", display_name="cache"),
+                     io.String.Output("estimate", display_name="estimate", tooltip="Budget and memory estimate as text.")],
+        )
+
+    @classmethod
+    def execute(cls, policy, budget, budget_unit, sink_frames, reference_frames=REFERENCE_FRAMES, seed=0,
+                estimate_width=832, estimate_height=480) -> io.NodeOutput:
+        settings = CacheSettings(policy=policy, budget=budget, budget_unit=budget_unit, sink_frames=sink_frames,
+                                 reference_frames=reference_frames, seed=seed)
+        tpf = WAN21_1_3B.tokens_per_frame(estimate_height // 8, estimate_width // 8)
+        text = settings.describe(tpf, WAN21_1_3B.num_layers, WAN21_1_3B.num_heads, WAN21_1_3B.head_dim,
+                                 label=f" (Wan 2.1 1.3B, {estimate_width}x{estimate_height}, bf16)")
+        return io.NodeOutput(settings, text, ui={"text": (text,)})

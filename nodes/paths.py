@@ -1,0 +1,25 @@
+"""Model folders the pack registers with ComfyUI, and the weights it ships."""
+
+import os
+
+import folder_paths
+
+PACK_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ASSETS_DIR = os.path.join(PACK_DIR, "pafu_core", "world", "assets")
+BUNDLED_HEADS_DIR = os.path.join(ASSETS_DIR, "heads")
+HEADS = "pafu_heads"
+
+
+def heads_dir() -> str:
+    return os.path.join(folder_paths.models_dir, HEADS)
+
+
+def register() -> None:
+    """``models/pafu_heads`` for user heads (and Hub downloads); the pack's own head is listed too."""
+    folder_paths.add_model_folder_path(HEADS, heads_dir(), is_default=True)
+    folder_paths.add_model_folder_path(HEADS, BUNDLED_HEADS_DIR)
+    folder_paths.folder_names_and_paths[HEADS][1].add(".safetensors")
+
+
+def head_files() -> list[str]:
+    return folder_paths.get_filename_list(HEADS)

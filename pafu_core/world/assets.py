@@ -1,0 +1,8 @@
+"""The committed weights of the tiny world (a few MB; CI and the demo never train)."""
+
+import os
+
+ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
+STUDENT = os.path.join(ASSETS, "models", "tiny_world_student.safetensors")
+TEACHER = os.path.join(ASSETS, "models", "tiny_world_teacher.safetensors")
+HEAD = os.path.join(ASSETS, "heads", "pafu_tiny_world.safetensors")

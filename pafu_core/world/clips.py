@@ -1,0 +1,43 @@
+"""Write tiny-world clips for the distillation tool: ground-truth clips and the scene contexts.
+
+    python -m pafu_core.world.clips --out runs/world_clips.safetensors --clips 48
+
+``latents`` [N, 16, F, 8, 8] are the world's own clips (phase 0: each starts with a scene), so the
+teacher sees what the world really does; ``context`` [N, L, 4096] their style embeddings.
+``python -m pafu_core.distill --clips ...`` reads this file.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from safetensors.torch import save_file
+
+from .codec import encode_frames
+from .scenes import DEFAULT_WORLD, render_clip, style_context
+
+
+def world_clips(n: int, frames: int, seed: int = 2024) -> tuple[torch.Tensor, torch.Tensor]:
+    lat, ctx = [], []
+    for i in range(n):
+        clip = render_clip(seed * 100_003 + i, frames, style=i % DEFAULT_WORLD.num_styles)
+        lat.append(encode_frames(clip.frames))
+        ctx.append(style_context(clip.style))
+    return torch.stack(lat), torch.cat(ctx)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True)
+    p.add_argument("--clips", type=int, default=48)
+    p.add_argument("--frames", type=int, default=DEFAULT_WORLD.clip_frames)
+    p.add_argument("--seed", type=int, default=2024)
+    args = p.parse_args(argv)
+    lat, ctx = world_clips(args.clips, args.frames, args.seed)
+    save_file({"latents": lat.contiguous(), "context": ctx.contiguous()}, args.out)
+    print(f"wrote {args.out}: latents {tuple(lat.shape)}, context {tuple(ctx.shape)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,205 @@
+"""Train the tiny world's models: a bidirectional teacher, then a causal few-step student.
+
+    python -m pafu_core.world.train teacher --steps 1500 --out runs/teacher.safetensors
+    python -m pafu_core.world.train student --init runs/teacher.safetensors --steps 3000 \
+        --out runs/student.safetensors
+
+Both use the same Wan 2.1 code as everything else (a tiny ComfyUI-loadable config: head_dim 128,
+text_dim 4096, 16 latent channels, patch 1x2x2).
+
+* Teacher: flow matching on whole clips with full (bidirectional) attention.
+* Student: initialised from the teacher; teacher forcing in one pass over [clean clip at the
+  context timestep | noisy clip], block-causal, each noisy chunk at one of the sampler's warped
+  timesteps, attending to the clean chunks before it and to itself. The noisy chunks' view of the
+  past is sometimes cut to a sliding window or a random subset of tokens (a light version of the
+  paper's streaming long tuning), so keep-all and budgeted rollouts are both in distribution.
+  Random temporal offsets cover the demo's whole RoPE range (10x the clip).
+
+Seeded: the same script and seed give the same metrics on the same device (bitwise) and within a
+small tolerance across devices. A lent GPU only makes it faster (``--device cuda``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+
+import torch
+import torch.nn.functional as F
+
+from ..adapter import WanChunkRunner
+from ..progress import Progress
+from ..sampler import SamplerConfig, warp_timesteps
+from ..wan import WanConfig, WanDiT, init_weights_, load_wan_checkpoint
+from .codec import encode_frames
+from .scenes import DEFAULT_WORLD, WorldConfig, render_clip, style_context
+
+TINY_WAN = WanConfig(dim=128, ffn_dim=384, num_heads=1, num_layers=4)
+MAX_OFFSET = 10 * DEFAULT_WORLD.clip_frames        # demo length: 10x the training clip
+
+
+def world_batch(step: int, batch: int, seed: int, cfg: WorldConfig = DEFAULT_WORLD, frames: int | None = None):
+    """Clips at random phases and styles: latents [B, 16, F, 8, 8] and contexts [B, L, 4096]."""
+    frames = frames or cfg.clip_frames
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    lat, ctx = [], []
+    for _ in range(batch):
+        clip_seed = int(torch.randint(2**31 - 1, (1,), generator=gen))
+        # start in the visible phase most of the time: the demo always starts with a scene
+        phase = 0 if torch.rand((), generator=gen) < 0.5 else int(torch.randint(cfg.period, (1,), generator=gen))
+        clip = render_clip(clip_seed, frames, phase=phase, cfg=cfg)
+        lat.append(encode_frames(clip.frames))
+        ctx.append(style_context(clip.style, cfg))
+    return torch.stack(lat), torch.cat(ctx)
+
+
+def _sample_sigma(shape, gen, shift: float = 3.0) -> torch.Tensor:
+    s = torch.rand(shape, generator=gen)
+    return shift * s / (1 + (shift - 1) * s)
+
+
+def teacher_loss(runner: WanChunkRunner, lat, ctx, gen, device) -> torch.Tensor:
+    b, _, f = lat.shape[:3]
+    sigma = _sample_sigma((b,), gen).to(device)
+    noise = torch.randn(lat.shape, generator=gen).to(device)
+    x = (1 - sigma.view(b, 1, 1, 1, 1)) * lat + sigma.view(b, 1, 1, 1, 1) * noise
+    offset = int(torch.randint(MAX_OFFSET, (1,), generator=gen))
+    pred = runner.forward_full(x, sigma * 1000, ctx, frame_offset=offset)
+    return F.mse_loss(pred, noise - lat)
+
+
+def teacher_forcing_mask(frames: int, chunk: int, tpf: int, gen, mode: str) -> torch.Tensor:
+    """[2N, 2N] bool over [clean | noisy] tokens; ``mode`` cuts the noisy chunks' view of the past:
+    'full', 'window' (the last few chunks), or 'subset' (a random share of older tokens)."""
+    n = frames * tpf
+    block = torch.arange(frames).repeat_interleave(tpf) // chunk
+    bq, bk = block[:, None], block[None, :]
+    clean_clean = bk <= bq
+    noisy_clean = bk < bq
+    if mode == "window":
+        width = int(torch.randint(1, 4, (1,), generator=gen))
+        noisy_clean &= bk >= bq - width
+    elif mode == "subset":
+        keep = torch.rand(n, generator=gen) < (0.1 + 0.5 * torch.rand((), generator=gen))
+        noisy_clean &= keep[None, :] | (bk == bq - 1)          # the newest chunk is always kept
+    noisy_noisy = bk == bq
+    top = torch.cat([clean_clean, torch.zeros(n, n, dtype=torch.bool)], dim=1)
+    bottom = torch.cat([noisy_clean, noisy_noisy], dim=1)
+    return torch.cat([top, bottom], dim=0)
+
+
+def student_loss(runner: WanChunkRunner, lat, ctx, gen, device, sampler: SamplerConfig,
+                 mode: str) -> torch.Tensor:
+    b, _, f, h, w = lat.shape
+    chunk = sampler.chunk_frames
+    sigmas = torch.tensor(warp_timesteps(sampler.timesteps, sampler.shift))
+    per_chunk = sigmas[torch.randint(len(sigmas), (b, math.ceil(f / chunk)), generator=gen)]
+    sigma = per_chunk.repeat_interleave(chunk, dim=1)[:, :f].to(device)          # [B, F]
+    noise = torch.randn(lat.shape, generator=gen).to(device)
+    s5 = sigma.view(b, 1, f, 1, 1)
+    noisy = (1 - s5) * lat + s5 * noise
+    offset = int(torch.randint(MAX_OFFSET, (1,), generator=gen))
+    tpf = runner.tokens_per_frame(h, w)
+    mask = teacher_forcing_mask(f, chunk, tpf, gen, mode).to(device)
+    pred = teacher_forcing_forward(runner, lat, noisy, sigma * 1000, ctx, offset, mask, sampler.context_timestep)
+    return F.mse_loss(pred, noise - lat)
+
+
+def teacher_forcing_forward(runner: WanChunkRunner, clean, noisy, t_noisy, ctx, offset, mask, t_ctx=0.0):
+    """One pass over [clean | noisy] with shared RoPE positions; returns the noisy half's flow."""
+    b, _, f = clean.shape[:3]
+    tokens_c, grid = runner.patchify(clean)
+    tokens_n, _ = runner.patchify(noisy)
+    t = torch.cat([torch.full((b, f), float(t_ctx), device=clean.device), t_noisy], dim=1)
+    e, e0 = runner.embed_time(t)
+    cos, sin = runner.ops.rope_freqs(runner.model, offset, grid, clean.device)
+    freqs = (torch.cat([cos, cos]), torch.cat([sin, sin]))
+    cross = runner.cross_kv(runner.embed_text(ctx))
+
+    def attend(i, q, k, v, hid):
+        return runner.ops.attention(q, k, v, mask)
+
+    x = runner.run_blocks(torch.cat([tokens_c, tokens_n], dim=1), e0, 2 * f, freqs, cross, attend)
+    n = tokens_c.shape[1]
+    return runner.unpatchify(runner.final_head(x[:, n:], e[:, f:], f), grid)
+
+
+def save_model(model: WanDiT, path: str, meta: dict) -> None:
+    from safetensors.torch import save_file
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    sd = {k: v.detach().to(torch.float16).contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(sd, path, metadata={"pafu_world": json.dumps(meta, sort_keys=True),
+                                  "wan_config": json.dumps(model.config.to_dict())})
+
+
+def train(kind: str, steps: int, batch: int, lr: float, seed: int, device: str, out: str,
+          init: str | None = None, log_every: int = 50) -> dict:
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    if init:
+        model = load_wan_checkpoint(init)
+    else:
+        model = init_weights_(WanDiT(TINY_WAN), seed=seed)
+        with torch.no_grad():      # start as a near-identity residual stack (stable small-data training)
+            for blk in model.blocks:
+                blk.modulation.mul_(0.1)
+                blk.self_attn.o.weight.mul_(0.1)
+                blk.cross_attn.o.weight.mul_(0.1)
+                blk.ffn[2].weight.mul_(0.1)
+    model = model.to(device).train()
+    runner = WanChunkRunner(model, dtype=torch.float32)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
+    warmup = max(1, steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
+    sampler = SamplerConfig()
+    modes = ("full", "full", "window", "subset")
+    history = []
+    bar = Progress(steps, f"train {kind}")
+    t0 = time.perf_counter()
+    running = []
+    for step in range(steps):
+        lat, ctx = world_batch(step, batch, seed)
+        lat, ctx = lat.to(device), ctx.to(device)
+        if kind == "teacher":
+            loss = teacher_loss(runner, lat, ctx, gen, device)
+        else:
+            loss = student_loss(runner, lat, ctx, gen, device, sampler, modes[step % len(modes)])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        running.append(loss.detach())
+        if (step + 1) % log_every == 0 or step + 1 == steps:
+            mean = float(torch.stack(running).mean())
+            running = []
+            history.append((step + 1, mean))
+            bar.update(log_every if (step + 1) % log_every == 0 else steps % log_every, postfix=f"loss {mean:.4f}")
+    meta = {"kind": kind, "steps": steps, "batch": batch, "lr": lr, "seed": seed, "device": device,
+            "init": os.path.basename(init) if init else None, "final_loss": history[-1][1],
+            "minutes": round((time.perf_counter() - t0) / 60, 1), "world": DEFAULT_WORLD.__dict__}
+    save_model(model, out, meta)
+    return meta
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("kind", choices=("teacher", "student"))
+    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--init", help="checkpoint to start from (the student starts from the teacher)")
+    p.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+    meta = train(args.kind, args.steps, args.batch, args.lr, args.seed, args.device, args.out, args.init)
+    print(json.dumps(meta, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,151 @@
+"""Node classes executed in-process against the real ComfyUI modules (no server, no browser).
+
+The strongest check of the adapter: ComfyUI's own ``WanModel`` built by ComfyUI's loader from the
+tiny world's weights, driven through ComfyUI's attention / RoPE / casting (``ComfyOps``), gives the
+same video as our ``WanDiT`` with plain PyTorch ops.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PACK = "comfyui_pafukv_pack"
+
+
+@pytest.fixture(scope="module")
+def pack():
+    root = os.path.abspath(os.environ["COMFYUI_PATH"])
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    import comfy.options
+    comfy.options.enable_args_parsing(False)
+    import comfy.cli_args
+    comfy.cli_args.args.cpu = True           # as `main.py --cpu`; must precede model_management
+    import folder_paths  # noqa: F401  (ComfyUI's model folders)
+    spec = importlib.util.spec_from_file_location(PACK, os.path.join(ROOT, "__init__.py"),
+                                                  submodule_search_locations=[ROOT])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[PACK] = module
+    spec.loader.exec_module(module)
+    import asyncio
+    ext = asyncio.run(module.comfy_entrypoint())
+    nodes = {cls.define_schema().node_id: cls for cls in asyncio.run(ext.get_node_list())}
+    return module, nodes
+
+
+def run(node_cls, **kwargs):
+    out = node_cls.execute(**kwargs)
+    return out.args
+
+
+def test_schemas_are_valid_v3(pack):
+    _, nodes = pack
+    for node_id, cls in nodes.items():
+        schema = cls.define_schema()
+        schema.validate()
+        assert node_id.startswith("PaFu") and " " not in node_id
+        for inp in schema.inputs:
+            assert inp.tooltip, f"{node_id}.{inp.id}"
+
+
+def test_comfyui_wan_path_equals_pafu_core_path(pack):
+    module, nodes = pack
+    core = sys.modules[PACK + ".pafu_core"]
+    from comfy_extras.nodes_model_advanced import ModelSamplingSD3
+    model = run(nodes["PaFuTinyWorldModel"])[0]
+    assert type(model.model.diffusion_model).__name__ == "WanModel"      # ComfyUI's own Wan class
+    (model,) = ModelSamplingSD3().patch(model, 5.0)
+    positive, latent = run(nodes["PaFuTinyWorldScene"], style="teal", latent_frames=12, batch_size=1)
+    cache = run(nodes["PaFuKVCacheBudget"], policy="fifo", budget=6, budget_unit="latent_frames", sink_frames=0)[0]
+    lat, report = run(nodes["PaFuARChunkSampler"], model=model, positive=positive, latent=latent, cache=cache,
+                      seed=3, chunk_frames=3, timesteps="1000,750,500,250", context_timestep=0.0)
+    assert report.chunks[-1].tokens_per_layer == 6 * 16
+    # the same rollout through our own Wan module tree and plain torch ops
+    ours = core.wan.load_wan_checkpoint(core.world.assets.STUDENT).eval()
+    res = core.sampler.sample_video(core.adapter.WanChunkRunner(ours), positive[0][0], num_frames=12, height=8,
+                                    width=8, policy=core.policies.make_policy("fifo"),
+                                    budget=core.cache.CacheBudget(6), config=core.sampler.SamplerConfig(seed=3))
+    import comfy.latent_formats
+    comfy_space = comfy.latent_formats.Wan21().process_in(lat["samples"])
+    assert torch.allclose(comfy_space, res.latents, atol=2e-3, rtol=1e-3), (comfy_space - res.latents).abs().max()
+
+
+def test_comfy_ops_rope_inverse(pack):
+    module, _ = pack
+    ops_mod = sys.modules[PACK + ".nodes.comfy_ops"]
+    core = sys.modules[PACK + ".pafu_core"]
+    import comfy.sd
+    import comfy.utils
+    sd = comfy.utils.load_torch_file(core.world.assets.STUDENT, safe_load=True)
+    dm = comfy.sd.load_diffusion_model_state_dict(sd).model.diffusion_model
+    ops = ops_mod.ComfyOps(dm, torch.float32)
+    freqs = ops.rope_freqs(dm, 5, (3, 4, 4), "cpu")
+    x = torch.randn(2, 48, dm.num_heads, dm.dim // dm.num_heads)
+    assert torch.allclose(ops.unrope(ops.apply_rope(x, freqs), freqs), x, atol=1e-5)
+    cos, sin = core.ops.TorchOps().rope_freqs(dm, 5, (3, 4, 4), "cpu")
+    assert torch.allclose(ops.apply_rope(x, freqs), core.ops.apply_rope(x, cos, sin), atol=1e-5)
+
+
+def test_tiny_world_decode_inverts_the_codec(pack):
+    module, nodes = pack
+    core = sys.modules[PACK + ".pafu_core"]
+    import comfy.latent_formats
+    clip = core.world.scenes.render_clip(5, 6)
+    stored = comfy.latent_formats.Wan21().process_out(core.world.codec.encode_frames(clip.frames)[None])
+    (frames,) = run(nodes["PaFuTinyWorldDecode"], latent={"samples": stored}, scale=2)
+    assert frames.shape == (6, 32, 32, 3)
+    expected = ((clip.frames + 1) / 2).permute(0, 2, 3, 1).repeat_interleave(2, 1).repeat_interleave(2, 2)
+    assert torch.allclose(frames, expected, atol=1e-4)
+    with pytest.raises(ValueError, match="tiny-world video latent"):
+        run(nodes["PaFuTinyWorldDecode"], latent={"samples": torch.zeros(1, 4, 8, 8)}, scale=1)
+
+
+def test_budget_node_estimates_memory(pack):
+    _, nodes = pack
+    cache, text = run(nodes["PaFuKVCacheBudget"], policy="pafu", budget=0.25, budget_unit="fraction", sink_frames=0)
+    assert "8190 tokens per layer" in text and "K/V held 1.41 GiB" in text
+    _, small = run(nodes["PaFuKVCacheBudget"], policy="fifo", budget=1, budget_unit="latent_frames", sink_frames=0)
+    assert "TOO SMALL" in small
+    with pytest.raises(ValueError, match="sink"):
+        run(nodes["PaFuKVCacheBudget"], policy="fifo", budget=4, budget_unit="latent_frames", sink_frames=-1)
+
+
+def test_head_loader_local_and_offline_hub(pack, tmp_path, monkeypatch):
+    _, nodes = pack
+    core = sys.modules[PACK + ".pafu_core"]
+    paths = sys.modules[PACK + ".nodes.paths"]
+    (head,) = run(nodes["PaFuSalienceHeadLoader"], source="local", head_name="pafu_tiny_world.safetensors",
+                  repo_id="", filename="")
+    assert head.config.num_layers == 4
+    import huggingface_hub.constants
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(paths, "heads_dir", lambda: str(tmp_path))
+    with pytest.raises(RuntimeError, match="offline mode is on"):
+        run(nodes["PaFuSalienceHeadLoader"], source="hub", head_name="", repo_id="someone/pafu-heads",
+            filename="head.safetensors")
+    # a file already downloaded into models/pafu_heads/<owner>--<name>/ is used offline
+    target = tmp_path / "someone--pafu-heads"
+    target.mkdir(exist_ok=True)
+    core.salience.save_head(head, target / "head.safetensors")
+    (again,) = run(nodes["PaFuSalienceHeadLoader"], source="hub", head_name="", repo_id="someone/pafu-heads",
+                   filename="head.safetensors")
+    assert torch.equal(again.w1, head.w1)
+
+
+def test_report_node_draws_curves_and_token_maps(pack):
+    _, nodes = pack
+    core = sys.modules[PACK + ".pafu_core"]
+    runner = core.adapter.WanChunkRunner(core.wan.load_wan_checkpoint(core.world.assets.STUDENT).eval())
+    res = core.sampler.sample_video(runner, torch.randn(1, 4, 4096), num_frames=9, height=8, width=8,
+                                    policy=core.policies.make_policy("fifo"), budget=core.cache.CacheBudget(6))
+    frames = torch.rand(9, 32, 32, 3)
+    curves, kept, summary = run(nodes["PaFuCacheReport"], report=res.report, frames=frames, report_b=res.report)
+    assert curves.shape[0] == 1 and curves.shape[-1] == 3 and curves.max() <= 1
+    assert kept.shape == (9, 32, 32, 3)
+    assert summary.count("policy fifo") == 2
