@@ -63,6 +63,8 @@ class WanChunkRunner:
         if dtype is None:
             dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
         self.dtype = dtype
+        self._freqs_key = None       # RoPE of the last chunk: reused by all its passes
+        self._freqs = None
 
     # ---- embeddings ------------------------------------------------------------------------
     def tokens_per_frame(self, height: int, width: int) -> int:
@@ -174,7 +176,10 @@ class WanChunkRunner:
         frames = grid[0]
         t = self._per_frame(timestep, b, frames).to(x.device)
         e, e0 = self.embed_time(t)
-        freqs = self.ops.rope_freqs(self.model, frame_start, grid, x.device)
+        key = (frame_start, grid, x.device)
+        if key != self._freqs_key:
+            self._freqs_key, self._freqs = key, self.ops.rope_freqs(self.model, frame_start, grid, x.device)
+        freqs = self._freqs
         cache.open_chunk(frame_start, frames)
         collect_mass = write and cache.policy.needs_attention_mass
 

@@ -19,7 +19,7 @@ from PIL import Image, ImageDraw
 
 from .plots import render_curves, render_token_heatmaps
 from .progress import Progress
-from .world.evaluate import BUDGETED, compare_to_reference, load_world_models, rollout, table
+from .world.evaluate import BUDGETED, compare_to_reference, load_world_models, rollouts, table
 from .world.scenes import DEFAULT_WORLD, STYLE_NAMES
 
 
@@ -72,9 +72,9 @@ def main(argv=None) -> None:
     style = STYLE_NAMES.index(args.style)
     chunks = -(-args.frames // 3)
     bar = Progress(len(policies) * chunks, f"demo ({args.frames} frames x {len(policies)} policies)")
-    rolls = [rollout(student, head, name, args.budget, args.seed, args.frames, style,
-                     chunk_callback=lambda stats, x0: bar.update()) for name in policies]
-    compare_to_reference(rolls[1:], rolls[0])
+    rolls = [rollouts(student, head, name, args.budget, args.seed, args.frames, [style],
+                      chunk_callback=lambda stats, x0: bar.update())[0] for name in policies]
+    compare_to_reference(rolls[1:], rolls[:1])
 
     videos = {}
     for r in rolls:

@@ -56,6 +56,7 @@ class DistillConfig:
     sse_normalise: str = "max"
     sse_layer_mode: str = "per_layer"
     teacher_timesteps: tuple[float, ...] = (0.0,)
+    sse_future_min_gap: int = 1
     # head
     input_features: tuple[str, ...] = ("keys", "values")
     hidden: int = 64
@@ -85,7 +86,7 @@ class DistillConfig:
     def sse(self) -> SSEConfig:
         return SSEConfig(block_frames=self.chunk_frames, weights=tuple(self.sse_weights),
                          normalise=self.sse_normalise, layer_mode=self.sse_layer_mode,
-                         timesteps=tuple(self.teacher_timesteps))
+                         timesteps=tuple(self.teacher_timesteps), future_min_gap=self.sse_future_min_gap)
 
     def sampler(self, seed: int) -> SamplerConfig:
         return SamplerConfig(chunk_frames=self.chunk_frames, timesteps=tuple(self.timesteps),

@@ -33,6 +33,10 @@ class SSEConfig:
     layers: tuple[int, ...] | None = None           # layers averaged in "mean" mode (None = all)
     timesteps: tuple[float, ...] = (0.0,)           # teacher input noise levels, averaged
     max_tile_bytes: float = 1e9
+    #: future region = query blocks at least this many blocks after the key's (1: every later block,
+    #: as in the paper; 2 leaves out the next block, which always sees the key since the newest
+    #: chunk is never evicted, so only uses that an eviction could break are counted)
+    future_min_gap: int = 1
 
     def __post_init__(self):
         if self.block_frames < 1:
@@ -45,12 +49,14 @@ class SSEConfig:
             raise ValueError(f"layer_mode must be 'per_layer' or 'mean', got {self.layer_mode!r}")
         if not self.timesteps or any(not 0 <= t < 1000 for t in self.timesteps):
             raise ValueError(f"teacher timesteps must lie in [0, 1000), got {self.timesteps}")
+        if self.future_min_gap < 1:
+            raise ValueError(f"future_min_gap must be >= 1, got {self.future_min_gap}")
 
     def to_dict(self) -> dict:
         return {"block_frames": self.block_frames, "weights": list(self.weights),
                 "normalise": self.normalise, "layer_mode": self.layer_mode,
                 "layers": None if self.layers is None else list(self.layers),
-                "timesteps": list(self.timesteps)}
+                "timesteps": list(self.timesteps), "future_min_gap": self.future_min_gap}
 
 
 def token_blocks(frames: int, tokens_per_frame: int, block_frames: int, device=None) -> torch.Tensor:
@@ -58,14 +64,15 @@ def token_blocks(frames: int, tokens_per_frame: int, block_frames: int, device=N
     return (torch.arange(frames, device=device) // block_frames).repeat_interleave(tokens_per_frame)
 
 
-def region_presence(blocks: torch.Tensor) -> torch.Tensor:
+def region_presence(blocks: torch.Tensor, future_min_gap: int = 1) -> torch.Tensor:
     """[3, N] bool: whether key j has any query in the past / diag / future region."""
     last = int(blocks.max())
-    return torch.stack([blocks > 0, torch.ones_like(blocks, dtype=torch.bool), blocks < last])
+    return torch.stack([blocks > 0, torch.ones_like(blocks, dtype=torch.bool), blocks <= last - future_min_gap])
 
 
 def sse_region_scores(q: torch.Tensor, k: torch.Tensor, blocks: torch.Tensor,
-                      max_tile_bytes: float = 1e9, tile: int | None = None) -> torch.Tensor:
+                      max_tile_bytes: float = 1e9, tile: int | None = None,
+                      future_min_gap: int = 1) -> torch.Tensor:
     """Region scores of one layer: q, k [B, N, H, D] (roped) -> [3, B, N] fp32.
 
     s_R[b, j] = mean_h max_{i in R(j)} softmax(q_i k^T / sqrt(D))[b, h, j].
@@ -79,8 +86,10 @@ def sse_region_scores(q: torch.Tensor, k: torch.Tensor, blocks: torch.Tensor,
     block_ids = torch.unique_consecutive(blocks)
     starts = torch.searchsorted(blocks, block_ids).tolist() + [n]
     for qb, s0, s1 in zip(block_ids.tolist(), starts[:-1], starts[1:]):
-        # region of each key for queries of block qb: 0 past (kb > qb), 1 diag, 2 future (kb < qb)
+        # region of each key for queries of block qb: 0 past (kb > qb), 1 diag, 2 future
+        # (kb <= qb - gap); keys in the blocks just before qb (closer than the gap) count nowhere
         region = (torch.sign(qb - blocks) + 1).to(torch.long)
+        region[(blocks < qb) & (blocks > qb - future_min_gap)] = 3
         onehot = region[None, :] == torch.arange(3, device=q.device)[:, None]    # [3, N]
         for t0 in range(s0, s1, tile):
             qt = q[:, t0:min(s1, t0 + tile)].transpose(1, 2).to(torch.float32)  # [B, H, T, D]
@@ -133,12 +142,12 @@ def sse_targets(teacher, latents: torch.Tensor, context: torch.Tensor, cfg: SSEC
     b, _, f, hgt, wid = latents.shape
     tpf = teacher.tokens_per_frame(hgt, wid)
     blocks = token_blocks(f, tpf, cfg.block_frames, device=latents.device)
-    present = region_presence(blocks)
+    present = region_presence(blocks, cfg.future_min_gap)
     regions = torch.zeros(teacher.num_layers, 3, b, f * tpf, device=latents.device)
     gen = torch.Generator().manual_seed(0)
 
     def observe(layer, q, k):
-        regions[layer] += sse_region_scores(q, k, blocks, cfg.max_tile_bytes)
+        regions[layer] += sse_region_scores(q, k, blocks, cfg.max_tile_bytes, future_min_gap=cfg.future_min_gap)
 
     with torch.inference_mode():
         for t in cfg.timesteps:

@@ -7,25 +7,26 @@ from pafu_core.teacher import (SSEConfig, combine_regions, region_presence, sse_
                                token_blocks)
 
 
-def naive_regions(q, k, blocks):
+def naive_regions(q, k, blocks, gap=1):
     """Materialise P [B, H, N, N] and take the three masked maxima directly."""
     p = torch.softmax(torch.einsum("bihd,bjhd->bhij", q.double(), k.double()) / q.shape[-1] ** 0.5, dim=-1)
     qb, kb = blocks[:, None], blocks[None, :]
     out = []
-    for mask in (qb < kb, qb == kb, qb > kb):          # past, diag, future (per key column)
+    for mask in (qb < kb, qb == kb, qb >= kb + gap):    # past, diag, future (per key column)
         out.append(p.masked_fill(~mask, 0).amax(dim=2).mean(dim=1))
     return torch.stack(out).float()
 
 
 @pytest.mark.parametrize("frames,tpf,block_frames", [(6, 4, 1), (6, 4, 2), (9, 5, 3), (7, 3, 3)])
 @pytest.mark.parametrize("tile", [1, 3, 7, None])
-def test_tiled_sse_equals_naive(frames, tpf, block_frames, tile):
+@pytest.mark.parametrize("gap", [1, 2])
+def test_tiled_sse_equals_naive(frames, tpf, block_frames, tile, gap):
     gen = torch.Generator().manual_seed(frames * 100 + tpf)
     n = frames * tpf
     q, k = torch.randn(2, n, 3, 16, generator=gen), torch.randn(2, n, 3, 16, generator=gen)
     blocks = token_blocks(frames, tpf, block_frames)
-    got = sse_region_scores(q, k, blocks, tile=tile)
-    assert torch.allclose(got, naive_regions(q, k, blocks), atol=1e-6)
+    got = sse_region_scores(q, k, blocks, tile=tile, future_min_gap=gap)
+    assert torch.allclose(got, naive_regions(q, k, blocks, gap), atol=1e-6)
 
 
 def test_tile_from_memory_limit_is_used():
@@ -40,6 +41,7 @@ def test_absent_regions_score_zero_and_are_left_out_of_normalisation():
     present = region_presence(blocks)
     assert present[0].tolist() == [False] * 4 + [True] * 8       # no past queries for block 0
     assert present[2].tolist() == [True] * 8 + [False] * 4       # no future queries for the last block
+    assert region_presence(blocks, 2)[2].tolist() == [True] * 4 + [False] * 8
     regions = torch.rand(3, 1, 12) + 1.0
     combined = combine_regions(regions, present, SSEConfig(block_frames=2, weights=(0, 0, 1)))
     assert torch.all(combined[0, 8:] == 0)

@@ -57,26 +57,36 @@ class Rollout:
         return sum(c.policy_ms for c in self.report.chunks) / max(1e-9, sum(c.chunk_ms for c in self.report.chunks))
 
 
-def rollout(student: WanChunkRunner, head: SalienceHead, policy: str, budget_fraction: float | None, seed: int,
-            frames: int, style: int, device: str = "cpu", sink_frames: int = 1, chunk_callback=None) -> Rollout:
+def rollouts(student: WanChunkRunner, head: SalienceHead, policy: str, budget_fraction: float | None, seed: int,
+             frames: int, styles: list[int], device: str = "cpu", sink_frames: int = 1,
+             chunk_callback=None) -> list[Rollout]:
+    """One batched rollout: row i has style ``styles[i]``; all rows draw their noise from ``seed``
+    (so row i's noise is the same under every policy). Each row's cache evicts on its own."""
     budget = None
     if policy != "keep_all":
         budget = CacheBudget(budget_fraction, unit="fraction", reference_frames=DEFAULT_WORLD.clip_frames,
                              sink_frames=sink_frames if policy == "sink_window" else 0)
     pol = PaFuSalience(head) if policy == "pafu" else make_policy(policy, seed=seed)
     side = DEFAULT_WORLD.size // 2
-    res = sample_video(student, style_context(style).to(device), num_frames=frames, height=side, width=side,
-                       policy=pol, budget=budget, config=SamplerConfig(seed=seed), device=device,
+    context = torch.cat([style_context(s) for s in styles]).to(device)
+    res = sample_video(student, context, num_frames=frames, height=side, width=side, policy=pol, budget=budget,
+                       config=SamplerConfig(seed=seed), batch=len(styles), device=device,
                        chunk_callback=chunk_callback)
-    video = decode_frames(res.latents[0].cpu())
-    return Rollout(policy, budget_fraction if budget else None, seed, video, res.report,
-                   return_consistency(video), schedule_accuracy(video))
+    out = []
+    for row in range(len(styles)):
+        video = decode_frames(res.latents[row].cpu())
+        out.append(Rollout(policy, budget_fraction if budget else None, seed * 1000 + row, video, res.report,
+                           return_consistency(video), schedule_accuracy(video)))
+    return out
 
 
-def compare_to_reference(rolls: list[Rollout], reference: Rollout) -> None:
+def compare_to_reference(rolls: list[Rollout], references: list[Rollout]) -> None:
+    """Fidelity of each rollout to the keep-all rollout of the same row (same noise)."""
+    by_seed = {r.seed: r for r in references}
     for r in rolls:
-        r.psnr = psnr(r.frames, reference.frames)
-        r.ssim = ssim(r.frames, reference.frames)
+        ref = by_seed[r.seed]
+        r.psnr = psnr(r.frames, ref.frames)
+        r.ssim = ssim(r.frames, ref.frames)
 
 
 def mean_std(values) -> tuple[float, float]:
@@ -94,7 +104,7 @@ def table(rows: list[Rollout], group_by_budget: bool = True) -> str:
         if k not in keys:
             keys.append(k)
     out = ["| budget | policy | consistency (GT) | schedule | PSNR vs keep-all | SSIM vs keep-all | K/V held MiB | "
-           "cache owns MiB | chunk ms (end) | policy % | seeds |",
+           "cache owns MiB | chunk ms (end) | policy % | videos |",
            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for budget, policy in keys:
         group = [r for r in rows if (r.budget, r.policy) == (budget, policy)]

@@ -116,14 +116,19 @@ def output_files(entry: dict, output_dir: str, node_type_prefix: str) -> list[st
     return paths
 
 
-def test_long_video_workflow_runs_with_live_cache_view(page, comfy, output_dir, artifacts):
-    path = next(w for w in TINY if "long_video" in w)
+def run_workflow(page, comfy, name_part: str) -> dict:
+    """Load a workflow file in the frontend, press Run, require success; logs a CI line."""
+    path = next(w for w in TINY if name_part in w)
     assert not load(page, path)
     t0 = time.time()
     entry = queue_from_frontend(page, comfy)
-    secs = time.time() - t0
     assert entry["status"]["status_str"] == "success", entry["status"]
-    print(f"\n[comfyui ring] workflow {os.path.basename(path)}: success in {secs:.0f} s", file=sys.stderr)
+    print(f"\n[comfyui ring] workflow {os.path.basename(path)}: success in {time.time() - t0:.0f} s", file=sys.stderr)
+    return entry
+
+
+def test_long_video_workflow_runs_with_live_cache_view(page, comfy, output_dir, artifacts):
+    entry = run_workflow(page, comfy, "long_video")
     video = read_webp(output_files(entry, output_dir, "pafu_tiny_long_0")[0])
     assert video.shape[0] == 360, video.shape
     kept = read_webp(output_files(entry, output_dir, "pafu_tiny_long_kept")[0])
@@ -143,13 +148,7 @@ def test_long_video_workflow_runs_with_live_cache_view(page, comfy, output_dir, 
 
 
 def test_comparison_workflow_pafu_remembers_where_fifo_forgets(page, comfy, output_dir, artifacts):
-    path = next(w for w in TINY if "comparison" in w)
-    assert not load(page, path)
-    t0 = time.time()
-    entry = queue_from_frontend(page, comfy)
-    secs = time.time() - t0
-    assert entry["status"]["status_str"] == "success", entry["status"]
-    print(f"\n[comfyui ring] workflow {os.path.basename(path)}: success in {secs:.0f} s", file=sys.stderr)
+    entry = run_workflow(page, comfy, "comparison")
     video = read_webp(output_files(entry, output_dir, "pafu_tiny_compare_0")[0])
     assert video.shape[0] == 360
     scale, gap, side = 8, 8, 128
