@@ -7,13 +7,18 @@ from .adapter import WanChunkRunner
 from .cache import CacheBudget, KVCache, cache_bytes_for
 from .ops import TorchOps
 from .policies import POLICY_NAMES, Policy, make_policy
+from .distill import DistillConfig, distill
 from .report import CacheReport, ChunkStats
+from .salience import HeadConfig, SalienceHead, load_head, save_head
 from .sampler import SampleResult, SamplerConfig, sample_video
+from .settings import CacheSettings
+from .teacher import SSEConfig, sse_targets
 from .wan import WAN21_1_3B, WanConfig, WanDiT, load_wan_checkpoint, load_wan_state_dict, tiny_config
 
 __all__ = [
     "WanChunkRunner", "CacheBudget", "KVCache", "cache_bytes_for", "TorchOps", "POLICY_NAMES",
     "Policy", "make_policy", "CacheReport", "ChunkStats", "SampleResult", "SamplerConfig",
     "sample_video", "WAN21_1_3B", "WanConfig", "WanDiT", "load_wan_checkpoint",
-    "load_wan_state_dict", "tiny_config",
+    "load_wan_state_dict", "tiny_config", "DistillConfig", "distill", "HeadConfig", "SalienceHead",
+    "load_head", "save_head", "CacheSettings", "SSEConfig", "sse_targets",
 ]

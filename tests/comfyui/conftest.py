@@ -27,6 +27,30 @@ SKIP_REASON = ("COMFYUI_PATH is not set: the real-ComfyUI ring needs a ComfyUI c
                "(.ci/run extracts the vendored 0.8.0 and sets it)")
 
 
+RING_LOG = os.path.join(ARTIFACTS, "ring_log.txt")
+
+
+def ci_line(message: str) -> None:
+    """A line for the CI log, repeated in pytest's terminal summary (which output capture never hides).
+    Kept in a file: test modules and this conftest may be separate module instances."""
+    os.makedirs(ARTIFACTS, exist_ok=True)
+    with open(RING_LOG, "a") as fh:
+        fh.write(message + "\n")
+
+
+def pytest_sessionstart(session):
+    if os.path.exists(RING_LOG):
+        os.remove(RING_LOG)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if os.path.exists(RING_LOG):
+        terminalreporter.section("real ComfyUI ring")
+        with open(RING_LOG) as fh:
+            for line in fh:
+                terminalreporter.write_line(line.rstrip())
+
+
 def pytest_collection_modifyitems(config, items):
     if COMFYUI_PATH:
         return
@@ -147,8 +171,8 @@ def comfy(artifacts) -> Server:
     server.start()
     version = open(os.path.join(root, "comfyui_version.py")).read().split('"')[1]
     ours = [k for k in server.get("/object_info") if k.startswith("PaFu")]
-    print(f"\n[comfyui ring] ComfyUI {version} started in {server.startup_seconds:.0f} s on port "
-          f"{server.port}; PaFu nodes found: {len(ours)}", file=sys.stderr)
+    ci_line(f"ComfyUI {version} started in {server.startup_seconds:.0f} s on port {server.port}; "
+            f"PaFu nodes found: {len(ours)}")
     server.post("/settings/Comfy.TutorialCompleted", True)
     yield server
     server.stop()

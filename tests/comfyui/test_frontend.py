@@ -6,7 +6,6 @@ import glob
 import json
 import os
 import shutil
-import sys
 import time
 
 import numpy as np
@@ -15,6 +14,8 @@ import torch
 from PIL import Image
 
 from pafu_core.world.metrics import return_consistency
+
+from .conftest import ci_line
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 WORKFLOWS = sorted(glob.glob(os.path.join(ROOT, "workflows", "*.json")))
@@ -89,7 +90,7 @@ def test_workflow_loads_cleanly(page, path):
     types = {n["type"] for n in json.load(open(path))["nodes"]}
     loaded = set(page.evaluate("() => app.graph._nodes.map(n => n.type)"))
     assert types <= loaded, types - loaded
-    print(f"\n[comfyui ring] workflow {os.path.basename(path)}: loaded in {time.time() - t0:.1f} s", file=sys.stderr)
+    ci_line(f"workflow {os.path.basename(path)}: loaded in the frontend without alerts in {time.time() - t0:.1f} s")
 
 
 def queue_from_frontend(page, comfy, timeout: float = 1200) -> dict:
@@ -123,7 +124,8 @@ def run_workflow(page, comfy, name_part: str) -> dict:
     t0 = time.time()
     entry = queue_from_frontend(page, comfy)
     assert entry["status"]["status_str"] == "success", entry["status"]
-    print(f"\n[comfyui ring] workflow {os.path.basename(path)}: success in {time.time() - t0:.0f} s", file=sys.stderr)
+    ci_line(f"workflow {os.path.basename(path)}: run from the frontend: "
+            f"{entry['status']['status_str']} in {time.time() - t0:.0f} s")
     return entry
 
 
@@ -155,7 +157,8 @@ def test_comparison_workflow_pafu_remembers_where_fifo_forgets(page, comfy, outp
     panels = {name: video[:, :, i * (side + gap): i * (side + gap) + side]
               for i, name in enumerate(("keep_all", "fifo", "sink_window", "pafu"))}
     score = {name: return_consistency(to_world_frames(v, scale)) for name, v in panels.items()}
-    print(f"[comfyui ring] return consistency by panel: {score}", file=sys.stderr)
+    ci_line("comparison workflow, return consistency by panel: "
+            + ", ".join(f"{k} {v:.3f}" for k, v in score.items()))
     assert not np.array_equal(panels["pafu"], panels["fifo"])
     assert score["pafu"] > score["fifo"] + 0.1, score
     frame = Image.fromarray(video[18 * 9]).resize((video.shape[2] // 2, video.shape[1] // 2), Image.NEAREST)

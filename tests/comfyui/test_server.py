@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import sys
 
 import pytest
 
 from pafu_core.salience import HeadConfig, SalienceHead, save_head
 
+from .conftest import ci_line
 from .prompts import error_message, tiny_prompt
 
 EXPECTED_INPUTS = {
@@ -70,7 +70,7 @@ def test_every_node_declared_with_types_and_tooltips(comfy):
             assert spec["display_name"] == DISPLAY[node_id]
         assert os.path.isfile(os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))),
                                            "web", "docs", f"{node_id}.md")), f"no help page for {node_id}"
-    print(f"\n[comfyui ring] {len(ours)} PaFu nodes in /object_info", file=sys.stderr)
+    ci_line(f"{len(ours)} PaFu nodes in /object_info, every input typed and with a tooltip")
 
 
 def test_tiny_prompt_runs_through_the_api(comfy, output_dir):

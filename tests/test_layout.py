@@ -1,0 +1,24 @@
+"""Architecture rules that keep the pack easy to see: the core never imports ComfyUI."""
+
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_core_imports_no_comfyui_module():
+    code = ("import sys, pafu_core, pafu_core.distill, pafu_core.demo, pafu_core.world.train, pafu_core.world.evaluate;"
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('comfy', 'comfy_api', 'folder_paths', 'server', "
+            "'nodes', 'latent_preview')]; print(bad); sys.exit(1 if bad else 0)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_package_entry_point_imports_outside_comfyui():
+    """ComfyUI imports the pack's __init__; outside ComfyUI it must not fail either."""
+    code = ("import importlib.util, sys; spec = importlib.util.spec_from_file_location('pack', '__init__.py', "
+            "submodule_search_locations=['.']); m = importlib.util.module_from_spec(spec); sys.modules['pack'] = m; "
+            "spec.loader.exec_module(m); print(m.WEB_DIRECTORY)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "./web" in proc.stdout, proc.stderr
