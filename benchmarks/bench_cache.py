@@ -22,6 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from pafu_core.adapter import WanChunkRunner  # noqa: E402
 from pafu_core.cache import REFERENCE_FRAMES, CacheBudget  # noqa: E402
 from pafu_core.policies import make_policy  # noqa: E402
+from pafu_core.salience import HeadConfig, SalienceHead  # noqa: E402
 from pafu_core.sampler import SamplerConfig, sample_video  # noqa: E402
 from pafu_core.wan import WAN21_1_3B, WanConfig, WanDiT, init_weights_  # noqa: E402
 
@@ -42,8 +43,12 @@ def measure(runner, context, args, policy: str, budget, frames: int) -> dict:
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
+    head = None
+    if policy == "pafu":      # an untrained head times exactly like a trained one
+        head = SalienceHead(HeadConfig(num_layers=runner.num_layers, dim=runner.dim, num_heads=runner.num_heads))
+        head = head.to(args.device, getattr(torch, args.dtype))
     res = sample_video(runner, context, num_frames=frames, height=hw[0], width=hw[1],
-                       policy=make_policy(policy, seed=0), budget=budget,
+                       policy=make_policy(policy, head=head, seed=0), budget=budget,
                        config=SamplerConfig(chunk_frames=3, seed=0), device=args.device)
     wall = time.perf_counter() - t0
     chunks = res.report.chunks
@@ -70,7 +75,7 @@ def main(argv=None):
     p.add_argument("--lengths", default="21,42,84", help="rollout lengths in latent frames")
     p.add_argument("--fractions", default="0.5,0.25",
                    help="of the 21-frame window; 12.5%% is below one 3-frame chunk")
-    p.add_argument("--policies", default="fifo,sink_window,key_norm,attention_mass,random")
+    p.add_argument("--policies", default="pafu,fifo,sink_window,key_norm,attention_mass")
     args = p.parse_args(argv)
     torch.manual_seed(0)
     torch.set_grad_enabled(False)

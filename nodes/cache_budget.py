@@ -39,6 +39,10 @@ class PaFuKVCacheBudget(io.ComfyNode):
                                      "Wan models, the training clip for other models."),
                 io.Int.Input("seed", default=0, min=0, max=2**31 - 1, optional=True,
                              tooltip="Seed of the random control policy (ignored by the others)."),
+                io.Float.Input("pafu_recency", default=0.0, min=0.0, max=10.0, step=0.001, optional=True,
+                               tooltip="pafu only: added to a token's salience per latent frame of recency, so "
+                                       "that among equally salient tokens newer ones stay (0 = the paper's "
+                                       "pure salience; 1/reference_frames = one unit per window of age)."),
                 io.Int.Input("estimate_width", default=832, min=16, max=8192, step=16, optional=True,
                              tooltip="Video width for the memory estimate."),
                 io.Int.Input("estimate_height", default=480, min=16, max=8192, step=16, optional=True,
@@ -50,9 +54,9 @@ class PaFuKVCacheBudget(io.ComfyNode):
 
     @classmethod
     def execute(cls, policy, budget, budget_unit, sink_frames, reference_frames=REFERENCE_FRAMES, seed=0,
-                estimate_width=832, estimate_height=480) -> io.NodeOutput:
+                pafu_recency=0.0, estimate_width=832, estimate_height=480) -> io.NodeOutput:
         settings = CacheSettings(policy=policy, budget=budget, budget_unit=budget_unit, sink_frames=sink_frames,
-                                 reference_frames=reference_frames, seed=seed)
+                                 reference_frames=reference_frames, seed=seed, recency=pafu_recency)
         tpf = WAN21_1_3B.tokens_per_frame(estimate_height // 8, estimate_width // 8)
         text = settings.describe(tpf, WAN21_1_3B.num_layers, WAN21_1_3B.num_heads, WAN21_1_3B.head_dim,
                                  label=f" (Wan 2.1 1.3B, {estimate_width}x{estimate_height}, bf16)")

@@ -56,7 +56,7 @@ def main(argv=None) -> None:
     p.add_argument("--budget", type=float, default=0.25, help="fraction of the training clip's frames")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--style", choices=STYLE_NAMES, default="blue")
-    p.add_argument("--policies", default=",".join(("fifo", "sink_window", "pafu", "attention_mass", "key_norm")),
+    p.add_argument("--policies", default=",".join(("fifo", "sink_window", "pafu", "pafu+recency", "attention_mass")),
                    help=f"budgeted policies to compare with keep-all (any of {', '.join(BUDGETED)})")
     p.add_argument("--out", default="out/demo")
     p.add_argument("--scale", type=int, default=6, help="pixel upscale of the 16x16 frames in the GIFs")

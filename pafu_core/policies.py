@@ -112,27 +112,41 @@ class SalienceScorer(Protocol):
 
 
 class PaFuSalience(Policy):
-    """PaFu-KV: a distilled per-layer salience head scores each token once, as it enters."""
+    """PaFu-KV: a distilled per-layer salience head scores each token once, as it enters.
+
+    ``recency`` (salience units per latent frame, default 0 = the paper's pure salience) adds the
+    token's frame index to its score, so that among equally salient tokens the newer ones stay: a
+    token older by 1/recency frames must be predicted 1 unit more salient to be kept instead.
+    """
 
     name = "pafu"
 
-    def __init__(self, head: SalienceScorer):
+    def __init__(self, head: SalienceScorer, recency: float = 0.0):
+        if recency < 0:
+            raise ValueError(f"recency must be >= 0, got {recency}")
         self.head = head
+        self.recency = recency
         self.entry_features = frozenset(head.input_features)
 
     def score(self, view) -> torch.Tensor:
         feats = self.entry_features
-        return self.head.score_tokens(
+        scores = self.head.score_tokens(
             view.entering_keys if "keys" in feats else None,
             view.entering_values if "values" in feats else None,
             view.entering_hidden if "hidden" in feats else None)
+        if self.recency:
+            scores = scores + self.recency * view.entering_frame_index.to(scores.dtype)
+        return scores
+
+    def describe(self) -> str:
+        return f"pafu+recency {self.recency:g}" if self.recency else "pafu"
 
 
 POLICY_NAMES = ("keep_all", "fifo", "sink_window", "attention_mass", "key_norm", "random", "pafu")
 
 
-def make_policy(name: str, head: SalienceScorer | None = None, seed: int = 0) -> Policy:
-    """Build a policy by name; ``pafu`` needs a salience head."""
+def make_policy(name: str, head: SalienceScorer | None = None, seed: int = 0, recency: float = 0.0) -> Policy:
+    """Build a policy by name; ``pafu`` needs a salience head (``recency``: see PaFuSalience)."""
     simple = {"keep_all": KeepAll, "fifo": FifoWindow, "sink_window": SinkWindow,
               "attention_mass": AttentionMass, "key_norm": KeyNorm}
     if name in simple:
@@ -142,5 +156,5 @@ def make_policy(name: str, head: SalienceScorer | None = None, seed: int = 0) ->
     if name == "pafu":
         if head is None:
             raise ValueError("policy 'pafu' needs a salience head (load one with load_head)")
-        return PaFuSalience(head)
+        return PaFuSalience(head, recency=recency)
     raise ValueError(f"unknown policy {name!r}; choose one of {', '.join(POLICY_NAMES)}")

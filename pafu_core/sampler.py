@@ -174,9 +174,9 @@ def sample_video(runner: WanChunkRunner, context: torch.Tensor, *, num_frames: i
                 cond, uncond = out.float().chunk(2)
                 return uncond + cfg * (cond - uncond)
 
+            synchronize(device)               # chunk timing starts on an idle device ...
             for chunk, f0 in enumerate(range(0, num_frames, chunk_frames)):
                 f1 = min(num_frames, f0 + chunk_frames)
-                synchronize(device)
                 t0 = time.perf_counter()
                 x = noise[:, :, f0:f1].to(device=device, dtype=torch.float32)
                 x0 = x
@@ -195,7 +195,8 @@ def sample_video(runner: WanChunkRunner, context: torch.Tensor, *, num_frames: i
                 predict(x_ctx, t_ctx, f0, write=True)
                 latents[:, :, f0:f1] = x0
                 kept.append(cache.kept_frame_counts(num_frames))
-                synchronize(device)
+                synchronize(device)           # ... and ends on one: one sync per chunk
+
                 stats = ChunkStats(chunk=chunk, frame_start=f0, frames=f1 - f0,
                                    tokens_per_layer=cache.length, kv_bytes=cache.kv_bytes_held(),
                                    cache_bytes=cache.nbytes(),

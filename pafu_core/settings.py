@@ -25,12 +25,15 @@ class CacheSettings:
     sink_frames: int = 0
     reference_frames: int = REFERENCE_FRAMES
     seed: int = 0                          # for the random control policy
+    recency: float = 0.0                   # pafu only: salience units added per latent frame of recency
 
     def __post_init__(self):
         if self.policy not in POLICY_NAMES:
             raise ValueError(f"unknown policy {self.policy!r}; choose one of {', '.join(POLICY_NAMES)}")
         if self.budget_unit not in BUDGET_UNITS:
             raise ValueError(f"budget_unit must be one of {', '.join(BUDGET_UNITS)}, got {self.budget_unit!r}")
+        if self.recency < 0:
+            raise ValueError(f"recency must be >= 0, got {self.recency}")
         if self.reference_frames < 1:
             raise ValueError(f"reference_frames must be >= 1, got {self.reference_frames}")
         self.cache_budget()          # validates value and sinks
@@ -42,7 +45,7 @@ class CacheSettings:
                            reference_frames=self.reference_frames)
 
     def build_policy(self, head=None) -> Policy:
-        return make_policy(self.policy, head=head, seed=self.seed)
+        return make_policy(self.policy, head=head, seed=self.seed, recency=self.recency)
 
     def budget_tokens(self, tokens_per_frame: int) -> int | None:
         budget = self.cache_budget()

@@ -36,6 +36,8 @@ def test_scores_separate_memory_from_forgetting():
         forgetful[start:start + 3] = render_clip(1000 + start, 3, style=render_clip(0, 1).style).frames
     assert return_consistency(forgetful) < 0.35
     assert return_consistency(torch.zeros_like(truth)) == 0.0        # flat frames remember nothing
+    shifted = truth[7:]                        # a model whose clock is off is judged on memory, not phase
+    assert return_consistency(shifted) > 0.7 and schedule_accuracy(shifted) == 1.0
     assert psnr(truth, truth) == float("inf") and abs(ssim(truth, truth) - 1) < 1e-6
 
 

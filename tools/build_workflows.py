@@ -59,11 +59,11 @@ def tiny_long_video():
         sampler("sampler", 420, 0, "budget"),
         {"key": "decode", "type": "PaFuTinyWorldDecode", "pos": [800, 0], "widgets": {"scale": 8}},
         {"key": "save", "type": "SaveAnimatedWEBP", "pos": [1100, 0],
-         "widgets": {"filename_prefix": "pafu_tiny_long", "fps": 12.0, "lossless": False, "quality": 85, "method": "default"}},
+         "widgets": {"filename_prefix": "pafu_tiny_long", "fps": 12.0, "lossless": True, "quality": 80, "method": "default"}},
         {"key": "report", "type": "PaFuCacheReport", "pos": [800, 420]},
         {"key": "curves", "type": "SaveImage", "pos": [1100, 420], "widgets": {"filename_prefix": "pafu_tiny_long_curves"}},
         {"key": "kept", "type": "SaveAnimatedWEBP", "pos": [1100, 760],
-         "widgets": {"filename_prefix": "pafu_tiny_long_kept", "fps": 12.0, "lossless": False, "quality": 85, "method": "default"}},
+         "widgets": {"filename_prefix": "pafu_tiny_long_kept", "fps": 12.0, "lossless": True, "quality": 80, "method": "default"}},
     ]
     links += [("shift", "MODEL", "sampler", "model"), ("scene", "positive", "sampler", "positive"),
               ("scene", "latent", "sampler", "latent"), ("budget", "cache", "sampler", "cache"),
@@ -98,7 +98,7 @@ def tiny_comparison():
         prev = key
     nodes += [
         {"key": "save", "type": "SaveAnimatedWEBP", "pos": [1450, 0],
-         "widgets": {"filename_prefix": "pafu_tiny_compare", "fps": 12.0, "lossless": False, "quality": 85, "method": "default"}},
+         "widgets": {"filename_prefix": "pafu_tiny_compare", "fps": 12.0, "lossless": True, "quality": 80, "method": "default"}},
         {"key": "report", "type": "PaFuCacheReport", "pos": [1100, 760]},
         {"key": "curves", "type": "SaveImage", "pos": [1450, 760], "widgets": {"filename_prefix": "pafu_tiny_compare_curves"}},
         {"key": "note", "type": "MarkdownNote", "pos": [1450, 420], "size": [380, 200],

@@ -24,7 +24,7 @@ from .codec import decode_frames
 from .metrics import psnr, return_consistency, schedule_accuracy, ssim
 from .scenes import DEFAULT_WORLD, style_context
 
-BUDGETED = ("fifo", "sink_window", "attention_mass", "key_norm", "random", "pafu")
+BUDGETED = ("fifo", "sink_window", "attention_mass", "key_norm", "random", "pafu", "pafu+recency")
 
 
 def load_world_models(device: str = "cpu") -> tuple[WanChunkRunner, SalienceHead]:
@@ -57,6 +57,10 @@ class Rollout:
         return sum(c.policy_ms for c in self.report.chunks) / max(1e-9, sum(c.chunk_ms for c in self.report.chunks))
 
 
+#: "pafu+recency": the head's salience plus 1 unit per training clip of age (see PaFuSalience)
+PAFU_RECENCY = 1.0 / DEFAULT_WORLD.clip_frames
+
+
 def rollouts(student: WanChunkRunner, head: SalienceHead, policy: str, budget_fraction: float | None, seed: int,
              frames: int, styles: list[int], device: str = "cpu", sink_frames: int = 1,
              chunk_callback=None) -> list[Rollout]:
@@ -66,7 +70,10 @@ def rollouts(student: WanChunkRunner, head: SalienceHead, policy: str, budget_fr
     if policy != "keep_all":
         budget = CacheBudget(budget_fraction, unit="fraction", reference_frames=DEFAULT_WORLD.clip_frames,
                              sink_frames=sink_frames if policy == "sink_window" else 0)
-    pol = PaFuSalience(head) if policy == "pafu" else make_policy(policy, seed=seed)
+    if policy.startswith("pafu"):
+        pol = PaFuSalience(head, recency=PAFU_RECENCY if policy == "pafu+recency" else 0.0)
+    else:
+        pol = make_policy(policy, seed=seed)
     side = DEFAULT_WORLD.size // 2
     context = torch.cat([style_context(s) for s in styles]).to(device)
     res = sample_video(student, context, num_frames=frames, height=side, width=side, policy=pol, budget=budget,

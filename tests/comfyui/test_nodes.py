@@ -34,8 +34,14 @@ def pack():
     sys.modules[PACK] = module
     spec.loader.exec_module(module)
     import asyncio
-    ext = asyncio.run(module.comfy_entrypoint())
-    nodes = {cls.define_schema().node_id: cls for cls in asyncio.run(ext.get_node_list())}
+    from concurrent.futures import ThreadPoolExecutor
+
+    def run_async(coro_fn):     # a fresh thread: playwright may hold this thread's event loop
+        with ThreadPoolExecutor(1) as pool:
+            return pool.submit(lambda: asyncio.run(coro_fn())).result()
+
+    ext = run_async(module.comfy_entrypoint)
+    nodes = {cls.define_schema().node_id: cls for cls in run_async(ext.get_node_list)}
     return module, nodes
 
 

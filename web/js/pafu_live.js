@@ -4,7 +4,6 @@ import { api } from "../../../scripts/api.js";
 import { EVENT, addChunk, caption, emptyChart, renderSvg } from "./pafu_chart.js";
 
 const SAMPLER = "PaFuARChunkSampler";
-const views = new Map(); // node id (string) -> { state, element }
 
 function render(view) {
   view.element.querySelector(".pafu-chart").innerHTML = renderSvg(view.state);
@@ -19,20 +18,17 @@ app.registerExtension({
     element.className = "pafu-live";
     element.style.cssText = "font: 11px sans-serif; color: #ccc; padding: 2px;";
     element.innerHTML = '<div class="pafu-chart"></div><div class="pafu-caption"></div>';
-    const view = { state: emptyChart(), element };
-    views.set(String(node.id), view);
-    render(view);
+    // the view lives on the node: its id is only assigned once the node joins a graph
+    node.pafuView = { state: emptyChart(), element };
+    render(node.pafuView);
     node.addDOMWidget("pafu_live_cache", "pafu-live", element, { serialize: false, hideOnZoom: false });
-    const onRemoved = node.onRemoved;
-    node.onRemoved = function () {
-      views.delete(String(node.id));
-      return onRemoved?.apply(this, arguments);
-    };
   },
   async setup() {
     api.addEventListener(EVENT, ({ detail }) => {
-      const view = views.get(String(detail.node));
+      const node = app.graph?.getNodeById(Number(detail.node)) ?? app.graph?.getNodeById(detail.node);
+      const view = node?.pafuView;
       if (!view) return;
+      view.element.dataset.nodeId = String(node.id);
       view.state = addChunk(view.state, detail);
       render(view);
     });
