@@ -139,7 +139,7 @@ class PaFuSalience(Policy):
         return scores
 
     def describe(self) -> str:
-        return f"pafu+recency {self.recency:g}" if self.recency else "pafu"
+        return f"pafu+recency {self.recency:.3g}" if self.recency else "pafu"
 
 
 POLICY_NAMES = ("keep_all", "fifo", "sink_window", "attention_mass", "key_norm", "random", "pafu")
