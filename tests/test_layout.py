@@ -22,3 +22,11 @@ def test_package_entry_point_imports_outside_comfyui():
             "spec.loader.exec_module(m); print(m.WEB_DIRECTORY)")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "./web" in proc.stdout, proc.stderr
+
+
+def test_entry_point_loads_as_a_plain_module_too():
+    """pytest (or a checkout folder like `ComfyUI-PaFuKV`, no valid package name) may load it bare."""
+    code = ("import importlib.util; spec = importlib.util.spec_from_file_location('bare', '__init__.py');"
+            "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); print(m.WEB_DIRECTORY)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "./web" in proc.stdout, proc.stderr
