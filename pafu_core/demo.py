@@ -61,13 +61,17 @@ def main(argv=None) -> None:
     p.add_argument("--out", default="out/demo")
     p.add_argument("--scale", type=int, default=6, help="pixel upscale of the 16x16 frames in the GIFs")
     args = p.parse_args(argv)
-    torch.set_grad_enabled(False)
     os.makedirs(args.out, exist_ok=True)
     policies = ["keep_all"] + [q for q in args.policies.split(",") if q]
     unknown = [q for q in policies[1:] if q not in BUDGETED]
     if unknown:
         raise SystemExit(f"unknown policies: {unknown}; choose from {', '.join(BUDGETED)}")
 
+    with torch.no_grad():              # local: leaves the caller's grad mode alone
+        run_demo(args, policies)
+
+
+def run_demo(args, policies: list[str]) -> None:
     student, head = load_world_models()
     style = STYLE_NAMES.index(args.style)
     chunks = -(-args.frames // 3)

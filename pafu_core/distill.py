@@ -276,6 +276,11 @@ def _checkpoint_path(cfg: DistillConfig) -> str | None:
 
 
 def train(head: SalienceHead, examples: list[Example], cfg: DistillConfig, rank: int, world: int) -> list[float]:
+    with torch.enable_grad():      # whatever grad mode the caller is in
+        return _train(head, examples, cfg, rank, world)
+
+
+def _train(head: SalienceHead, examples: list[Example], cfg: DistillConfig, rank: int, world: int) -> list[float]:
     model = head
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel

@@ -155,3 +155,19 @@ def test_report_node_draws_curves_and_token_maps(pack):
     assert curves.shape[0] == 1 and curves.shape[-1] == 3 and curves.max() <= 1
     assert kept.shape == (9, 32, 32, 3)
     assert summary.count("policy fifo") == 2
+
+
+def test_sampler_refuses_a_non_wan_model(pack):
+    """A ComfyUI MODEL whose network is not Wan (here: the tiny model's patcher around a conv net,
+    as an SD-style UNet would be) ends in the readable refusal, before anything is allocated."""
+    import copy
+    _, nodes = pack
+    model = run(nodes["PaFuTinyWorldModel"])[0]
+    other = copy.copy(model)
+    other.model = copy.copy(model.model)
+    other.model.diffusion_model = torch.nn.Conv2d(4, 4, 1)
+    positive, latent = run(nodes["PaFuTinyWorldScene"], style="teal", latent_frames=6, batch_size=1)
+    cache = run(nodes["PaFuKVCacheBudget"], policy="fifo", budget=3, budget_unit="latent_frames", sink_frames=0)[0]
+    with pytest.raises(ValueError, match="needs a Wan 2.1 model; this MODEL is Conv2d"):
+        run(nodes["PaFuARChunkSampler"], model=other, positive=positive, latent=latent, cache=cache, seed=0,
+            chunk_frames=3, timesteps="1000,750,500,250", context_timestep=0.0)
