@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from .salience import HeadConfig, SalienceHead, save_head
 from .sampler import SamplerConfig, build_cache, sample_video
 from .teacher import SSEConfig, sse_targets
 from .wan import WanDiT, init_weights_, load_wan_checkpoint, tiny_config
+from .world.metrics import psnr
 
 
 @dataclass
@@ -244,12 +244,6 @@ def head_scores(head: SalienceHead, examples: list[Example]) -> list[torch.Tenso
         return [head(e.features.to(head.w1)).mean(-1).cpu() for e in examples]
 
 
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    mse = float(((a - b) ** 2).mean())
-    peak = float(b.abs().max()) or 1.0
-    return float("inf") if mse == 0 else 10 * math.log10(peak ** 2 / mse)
-
-
 def rollout_fidelity(student: WanChunkRunner, head: SalienceHead, clips: list[Clip], cfg: DistillConfig) -> dict:
     """PSNR (latent space) of budgeted rollouts against keep-all with the same noise."""
     frames = cfg.eval_frames or 2 * cfg.rollout_frames
@@ -264,7 +258,7 @@ def rollout_fidelity(student: WanChunkRunner, head: SalienceHead, clips: list[Cl
             ref = sample_video(student, ctx, policy=make_policy("keep_all"), budget=None, **kw).latents
             pol = PaFuSalience(head) if name == "pafu" else make_policy(name)
             got = sample_video(student, ctx, policy=pol, budget=budget, **kw).latents
-            vals.append(psnr(got, ref))
+            vals.append(psnr(got, ref, peak=float(ref.abs().max()) or 1.0))
         out[f"psnr_vs_keep_all_{name}"] = sum(vals) / len(vals)
     return out
 
