@@ -15,7 +15,7 @@ import latent_preview
 from comfy_api.latest import io
 
 from ..pafu_core.adapter import WanChunkRunner
-from ..pafu_core.sampler import SamplerConfig, parse_timesteps, sample_video
+from ..pafu_core.sampler import SamplerConfig, check_inputs, parse_timesteps, sample_video
 from .comfy_ops import ComfyOps
 from .live import send_chunk_stats
 from .types import PafuCache, PafuHead, PafuReport
@@ -86,12 +86,8 @@ class PaFuARChunkSampler(io.ComfyNode):
         if head is not None:
             head.check_backbone(runner)
         samples = latent["samples"]
-        if samples.ndim != 5:
-            raise ValueError(f"the sampler needs a video latent [batch, channels, frames, height, width], "
-                             f"got shape {tuple(samples.shape)}")
-        if samples.shape[1] != runner.in_dim:
-            raise ValueError(f"latent has {samples.shape[1]} channels but the model expects {runner.in_dim} "
-                             f"(Wan 2.1 latents have 16)")
+        cond = positive[0][0]
+        check_inputs(runner, cond, samples)           # before anything is loaded or allocated
         comfy.model_management.load_models_gpu([model])
         device = model.load_device
         if head is not None:
@@ -111,7 +107,6 @@ class PaFuARChunkSampler(io.ComfyNode):
             send_chunk_stats(node_id, stats, frames, cache.policy)
             comfy.model_management.throw_exception_if_processing_interrupted()
 
-        cond = positive[0][0]
         neg = negative[0][0] if (negative is not None and cfg != 1.0) else None
         try:
             result = sample_video(runner, cond, num_frames=frames, height=h, width=w, policy=policy,

@@ -102,7 +102,8 @@ def check_inputs(runner: WanChunkRunner, context: torch.Tensor, noise: torch.Ten
         raise ValueError(f"conditioning must be [batch, tokens, {runner.text_dim}] (umT5 width), "
                          f"got {tuple(context.shape)}")
     if noise.ndim != 5:
-        raise ValueError(f"latent must be [batch, channels, frames, height, width], got {tuple(noise.shape)}")
+        raise ValueError(f"the sampler needs a video latent [batch, channels, frames, height, width], "
+                         f"got shape {tuple(noise.shape)}")
     if noise.shape[1] != runner.in_dim:
         raise ValueError(f"latent has {noise.shape[1]} channels but the model expects {runner.in_dim} "
                          f"(Wan 2.1 latents have 16)")
