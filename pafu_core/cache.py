@@ -244,7 +244,7 @@ class KVCache:
 
     def kv_bytes_held(self) -> int:
         """Bytes of self-attention K/V in committed slots (what the budget bounds)."""
-        return self.length * self.num_layers * 2 * self.batch * self.num_heads * self.head_dim * self.kv.element_size()
+        return cache_bytes_for(self.length * self.batch, self.num_layers, self.num_heads, self.head_dim, self.dtype)
 
     def release(self) -> None:
         """Drop every buffer (after an interruption or at the end of a run)."""
