@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from .adapter import WanChunkRunner
 from .cache import CacheBudget
-from .policies import Policy, PaFuSalience, make_policy
+from .policies import KeyNorm, Policy, PaFuSalience, make_policy
 from .progress import Progress
 from .salience import HeadConfig, SalienceHead, save_head
 from .sampler import SamplerConfig, build_cache, sample_video
@@ -161,8 +161,7 @@ class _FeatureRecorder(Policy):
 
     def score(self, view):
         keys = view.entering_keys
-        rec = {"keys": keys, "values": view.entering_values,
-               "key_norm": -torch.linalg.vector_norm(keys.float(), dim=-1).mean(-1)}
+        rec = {"keys": keys, "values": view.entering_values, "key_norm": KeyNorm().score(view)}
         if "hidden" in self.entry_features:
             rec["hidden"] = view.entering_hidden
         self.chunks.append({k: v.clone() for k, v in rec.items()})

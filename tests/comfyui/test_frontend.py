@@ -95,17 +95,12 @@ def test_workflow_loads_cleanly(page, path):
 
 def queue_from_frontend(page, comfy, timeout: float = 1200) -> dict:
     """Press Run the way the button does, then wait for this prompt's history entry."""
-    before = set(comfy.get("/history"))
+    page.evaluate("""() => { window.__pafuPromptId = null;
+        window.comfyAPI.api.api.addEventListener('execution_start',
+            (e) => { window.__pafuPromptId = e.detail.prompt_id; }, { once: true }); }""")
     page.evaluate("async () => { await app.queuePrompt(0, 1); }")
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        new = [k for k in comfy.get("/history") if k not in before]
-        if new:
-            entry = comfy.get(f"/history/{new[0]}")[new[0]]
-            if entry["status"].get("completed") is not None and entry["status"]["status_str"] in ("success", "error"):
-                return entry
-        time.sleep(1)
-    raise TimeoutError("workflow did not finish")
+    page.wait_for_function("window.__pafuPromptId !== null", timeout=120_000)
+    return comfy.wait_history(page.evaluate("window.__pafuPromptId"), timeout)
 
 
 def output_files(entry: dict, output_dir: str, node_type_prefix: str) -> list[str]:
