@@ -1,31 +1,44 @@
 """The Salience Estimation Head (S-MLP) and its file format.
 
-One small MLP per transformer layer predicts how much each token will matter, from what the causal
-model has when the token enters the cache (keys before RoPE, values, and/or the block's hidden
-state). All layers' MLPs are stored as stacked weights and run as one batched matmul, so scoring a
-chunk costs a couple of kernel launches rather than one per layer.
+Entry: one small MLP per transformer layer predicts how much each token will matter, from what the
+causal model has when the token enters the cache (keys before RoPE, values, and/or the block's
+input), one layer at a time during the cache-writing pass.
+
+Re-scoring (optional, ``rescore``): a second, tiny MLP per layer re-ranks every live token after
+each chunk from three numbers: its entry salience, the highest entry salience that has reached its
+place (patch position) since it entered, and its age in frames. So a token that newer, equally
+salient views of the same place have replaced can make room, and age trades against salience in a
+learned way instead of a fixed recency term.
 
 File: safetensors only (never pickle). The header's ``__metadata__["pafu"]`` holds JSON: format
-version, model family, the backbone's shape and fingerprint, input features, and a training
-summary. ``load_head`` validates all of it; ``SalienceHead.check_backbone`` validates against the
-model the head is applied to, naming the field that disagrees.
+version, model family, the backbone's shape and fingerprint, input features, the re-scoring
+settings and a training summary. ``load_head`` checks the header against the metadata before
+allocating anything; ``SalienceHead.check_backbone`` checks against the model it is applied to.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from einops import rearrange
 
-FORMAT_VERSION = 1
+from .safefile import FileFormatError, load_tensors, read_header
+
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 MODEL_FAMILY = "wan2.1"
 FEATURES = ("keys", "values", "hidden")
 BACKBONE_FIELDS = ("dim", "num_heads", "num_layers", "patch_size")
-_TENSORS = ("w1", "b1", "w2", "b2")
+RESCORE_INPUTS = ("entry", "newer", "age")   # entry salience, newest salience at the place, age
+#: bounds on what a head file may declare (a Wan 14B has 40 layers of dim 5120)
+MAX_LAYERS, MAX_DIM, MAX_HIDDEN = 256, 65_536, 65_536
 
 
 @dataclass
@@ -37,6 +50,11 @@ class HeadConfig:
     input_features: tuple[str, ...] = ("keys", "values")
     hidden: int = 64
     per_head: bool = False      # one score per attention head (averaged into the token's score)
+    rescore: bool = False       # re-rank live tokens after every chunk (see the module docstring)
+    rescore_hidden: int = 16
+    rescore_inputs: tuple[str, ...] = RESCORE_INPUTS    # which of the three the re-scorer reads
+    age_unit: float = 21.0      # frames: ages enter the re-scorer as age / age_unit
+    recency: float = 0.0        # entry-only heads: salience added per latent frame of recency
     training: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -47,8 +65,20 @@ class HeadConfig:
             raise ValueError(f"input_features must be a non-empty subset of {FEATURES}, got {self.input_features}")
         if len(set(self.input_features)) != len(self.input_features):
             raise ValueError(f"input_features has duplicates: {self.input_features}")
-        if self.hidden < 1:
-            raise ValueError(f"hidden must be >= 1, got {self.hidden}")
+        self.rescore_inputs = tuple(self.rescore_inputs)
+        if not self.rescore_inputs or any(i not in RESCORE_INPUTS for i in self.rescore_inputs) \
+                or len(set(self.rescore_inputs)) != len(self.rescore_inputs):
+            raise ValueError(f"rescore_inputs must be a non-empty subset of {RESCORE_INPUTS}, got {self.rescore_inputs}")
+        for name in ("hidden", "rescore_hidden"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("age_unit", "recency"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}")
+        if not self.age_unit > 0:
+            raise ValueError(f"age_unit must be positive, got {self.age_unit}")
+        if self.recency < 0:
+            raise ValueError(f"recency must be >= 0, got {self.recency}")
 
     @property
     def in_features(self) -> int:
@@ -58,71 +88,99 @@ class HeadConfig:
     def out_features(self) -> int:
         return self.num_heads if self.per_head else 1
 
+    def tensor_shapes(self) -> dict[str, tuple[int, ...]]:
+        lyr, i, h, o, r = self.num_layers, self.in_features, self.hidden, self.out_features, self.rescore_hidden
+        shapes = {"w1": (lyr, i, h), "b1": (lyr, 1, h), "w2": (lyr, h, o), "b2": (lyr, 1, o)}
+        if self.rescore:
+            shapes.update({"r1": (lyr, len(self.rescore_inputs), r), "rb1": (lyr, 1, r), "r2": (lyr, r, 1), "rb2": (lyr, 1, 1)})
+        return shapes
+
     def backbone(self) -> dict:
         return {"dim": self.dim, "num_heads": self.num_heads, "num_layers": self.num_layers,
                 "patch_size": list(self.patch_size)}
 
+    def metadata(self) -> dict:
+        return {"format_version": FORMAT_VERSION, "model_family": MODEL_FAMILY,
+                "backbone": self.backbone(), "backbone_fingerprint": backbone_fingerprint(self.backbone()),
+                "input_features": list(self.input_features), "hidden": self.hidden,
+                "per_head": self.per_head, "rescore": self.rescore, "rescore_hidden": self.rescore_hidden,
+                "rescore_inputs": list(self.rescore_inputs),
+                "age_unit": self.age_unit, "recency": self.recency, "training": self.training}
+
 
 def backbone_fingerprint(backbone: dict) -> str:
-    import hashlib
     key = {k: backbone[k] for k in BACKBONE_FIELDS}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
-class SalienceHead(nn.Module):
-    """Per-layer 2-layer MLPs, stacked: [layers, in, hidden] and [layers, hidden, out]."""
+def _mlp(x: torch.Tensor, w1, b1, w2, b2) -> torch.Tensor:
+    """x [layers, T, in] through per-layer 2-layer MLPs -> [layers, T, out]."""
+    return torch.baddbmm(b2, F.gelu(torch.baddbmm(b1, x, w1)), w2)
 
-    def __init__(self, cfg: HeadConfig):
+
+class SalienceHead(nn.Module):
+    """Per-layer MLPs, stacked over layers so training and re-scoring run as batched matmuls."""
+
+    def __init__(self, cfg: HeadConfig, tensors: dict[str, torch.Tensor] | None = None):
         super().__init__()
         self.config = cfg
-        lyr, i, h, o = cfg.num_layers, cfg.in_features, cfg.hidden, cfg.out_features
-        self.w1 = nn.Parameter(torch.randn(lyr, i, h) / i ** 0.5)
-        self.b1 = nn.Parameter(torch.zeros(lyr, 1, h))
-        self.w2 = nn.Parameter(torch.randn(lyr, h, o) / h ** 0.5)
-        self.b2 = nn.Parameter(torch.zeros(lyr, 1, o))
+        for name, shape in cfg.tensor_shapes().items():
+            if tensors is not None:
+                value = tensors[name].to(torch.float32)
+            elif name[0] == "b" or name.startswith("rb"):
+                value = torch.zeros(shape)
+            else:
+                value = torch.randn(shape) / shape[1] ** 0.5
+            self.register_parameter(name, nn.Parameter(value))
 
     @property
     def input_features(self) -> tuple[str, ...]:
         return self.config.input_features
 
+    @property
+    def rescores(self) -> bool:
+        return self.config.rescore
+
+    def recency(self) -> float:
+        return self.config.recency
+
+    # ---- entry salience ------------------------------------------------------------------
     def features(self, keys, values, hidden) -> torch.Tensor:
-        """Concatenate the configured features into [layers, B*S, in] (each layer-normed)."""
+        """Concatenate the configured features, each layer-normed: [..., S, H, D] / [..., S, dim]
+        with leading dims (layers, batch) or (batch,) -> [..., S, in]."""
         given = {"keys": keys, "values": values, "hidden": hidden}
         parts = []
         for name in self.input_features:
             t = given[name]
             if t is None:
                 raise ValueError(f"salience head needs {name!r} but none were given")
-            lyr, b, s = t.shape[:3]
-            t = t.reshape(lyr, b * s, -1)
+            if name != "hidden":
+                t = rearrange(t, "... s h d -> ... s (h d)")
             parts.append(F.layer_norm(t.to(self.w1.dtype), t.shape[-1:]))
         return torch.cat(parts, dim=-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x [layers, T, in] -> [layers, T, out] raw scores."""
-        hid = F.gelu(torch.baddbmm(self.b1, x, self.w1))
-        return torch.baddbmm(self.b2, hid, self.w2)
+        """x [layers, T, in] -> [layers, T] entry salience (all layers at once: training)."""
+        return _mlp(x, self.w1, self.b1, self.w2, self.b2).mean(dim=-1)
 
-    def score_tokens(self, keys, values, hidden, max_bytes: float = 256e6) -> torch.Tensor:
-        """The cache-policy interface: [layers, B, S, ...] features -> [layers, B, S] salience.
+    def entry_scores(self, layer: int, keys, values, hidden) -> torch.Tensor:
+        """The cache-policy interface, one layer: [B, S, ...] features -> [B, S] entry salience."""
+        x = self.features(keys, values, hidden)
+        b, s = x.shape[:2]
+        i = slice(layer, layer + 1)
+        out = _mlp(x.view(1, b * s, -1), self.w1[i], self.b1[i], self.w2[i], self.b2[i])
+        return out.mean(dim=-1).view(b, s)
 
-        Layers are scored in as few batched groups as keep the feature matrix under ``max_bytes``
-        (one group for small models; a handful at Wan 1.3B scale).
-        """
-        ref = next(t for t in (keys, values, hidden) if t is not None)
-        lyr, b, s = ref.shape[:3]
-        if lyr != self.config.num_layers:
-            raise ValueError(f"salience head has {self.config.num_layers} layers, the model {lyr}")
-        per_layer = b * s * self.config.in_features * self.w1.element_size()
-        group = max(1, min(lyr, int(max_bytes // max(1, per_layer))))
-        out = []
-        for g0 in range(0, lyr, group):
-            sl = slice(g0, g0 + group)
-            part = [t[sl] if t is not None else None for t in (keys, values, hidden)]
-            x = self.features(*part)
-            hid = F.gelu(torch.baddbmm(self.b1[sl], x, self.w1[sl]))
-            out.append(torch.baddbmm(self.b2[sl], hid, self.w2[sl]).mean(dim=-1))
-        return torch.cat(out).view(lyr, b, s)
+    # ---- re-scoring ----------------------------------------------------------------------
+    def rescore(self, entry: torch.Tensor, newer: torch.Tensor, age: torch.Tensor) -> torch.Tensor:
+        """[layers, ..., N] entry salience, newest salience at the place, age in frames -> salience now."""
+        if not self.rescores:
+            raise RuntimeError("this salience head scores tokens once, on entry (rescore is off)")
+        given = {"entry": entry, "newer": newer, "age": age / self.config.age_unit}
+        x = torch.stack([given[i] for i in self.config.rescore_inputs], dim=-1).to(self.r1.dtype)
+        shape = x.shape[:-1]
+        out = _mlp(x.reshape(shape[0], -1, x.shape[-1]), self.r1, self.rb1, self.r2, self.rb2)
+        return out.view(shape)
 
     def param_count(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -143,70 +201,98 @@ class SalienceHead(nn.Module):
 
 def save_head(head: SalienceHead, path: str | os.PathLike) -> None:
     from safetensors.torch import save_file
-    cfg = head.config
-    meta = {"format_version": FORMAT_VERSION, "model_family": MODEL_FAMILY,
-            "backbone": cfg.backbone(), "backbone_fingerprint": backbone_fingerprint(cfg.backbone()),
-            "input_features": list(cfg.input_features), "hidden": cfg.hidden,
-            "per_head": cfg.per_head, "training": cfg.training}
-    tensors = {name: getattr(head, name).detach().to("cpu").contiguous() for name in _TENSORS}
-    save_file(tensors, os.fspath(path), metadata={"pafu": json.dumps(meta, sort_keys=True)})
+    tensors = {name: getattr(head, name).detach().to("cpu", torch.float32).contiguous()
+               for name in head.config.tensor_shapes()}
+    save_file(tensors, os.fspath(path), metadata={"pafu": json.dumps(head.config.metadata(), sort_keys=True)})
 
 
-def _read_header(path: str) -> dict:
-    """Parse a safetensors header ourselves to give precise errors for non-safetensors files."""
-    size = os.path.getsize(path)
-    with open(path, "rb") as fh:
-        start = fh.read(8)
-        n = int.from_bytes(start, "little") if len(start) == 8 else -1
-        header = None
-        if 0 < n <= min(size - 8, 100_000_000):
-            try:
-                header = json.loads(fh.read(n))
-            except (UnicodeDecodeError, json.JSONDecodeError):
-                header = None
-    if not isinstance(header, dict):
-        if start[:1] == b"\x80" or start[:2] == b"PK":
-            raise ValueError(f"{path}: this is a pickle / torch.save file; salience heads are loaded "
-                             "from safetensors only (pickle can run arbitrary code)")
-        raise ValueError(f"{path}: not a safetensors file, or its header is truncated")
-    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-    if 8 + n + end > size:
-        raise ValueError(f"{path}: file is truncated ({size} bytes, header promises {8 + n + end})")
-    return header
+def _config_from_metadata(meta: dict, fail) -> HeadConfig:
+    """Every field checked for presence, type and range before a config (or any tensor) exists."""
+
+    def need(d: dict, key: str, kind, where: str = ""):
+        if key not in d:
+            fail(f"its metadata lacks {where}{key!r}")
+        value = d[key]
+        ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
+        if not ok:
+            fail(f"its metadata field {where}{key!r} should be {getattr(kind, '__name__', kind)}, got {value!r}")
+        return value
+
+    def count(d, key, limit, where=""):
+        value = need(d, key, int, where)
+        if not 1 <= value <= limit:
+            fail(f"its metadata field {where}{key!r} = {value} is out of range (1..{limit})")
+        return value
+
+    version = need(meta, "format_version", int)
+    if version not in READABLE_VERSIONS:
+        fail(f"format_version {version} is not supported (this version reads {READABLE_VERSIONS})")
+    if meta.get("model_family") != MODEL_FAMILY:
+        fail(f"model_family is {meta.get('model_family')!r}, expected {MODEL_FAMILY!r}")
+    backbone = need(meta, "backbone", dict)
+    dims = {k: count(backbone, k, lim, "backbone.") for k, lim in
+            (("dim", MAX_DIM), ("num_heads", 1024), ("num_layers", MAX_LAYERS))}
+    patch = need(backbone, "patch_size", list, "backbone.")
+    if len(patch) != 3 or not all(isinstance(p, int) and not isinstance(p, bool) and 1 <= p <= 64 for p in patch):
+        fail(f"its backbone.patch_size should be three small positive integers, got {patch!r}")
+    if backbone_fingerprint(backbone) != meta.get("backbone_fingerprint"):
+        fail("its backbone_fingerprint does not match the backbone fields (an edited file?)")
+    features = need(meta, "input_features", list)
+    rescore = need(meta, "rescore", bool) if version >= 2 else False
+    inputs = need(meta, "rescore_inputs", list) if rescore else list(RESCORE_INPUTS)
+    numbers = {}
+    for key, default in (("age_unit", 21.0), ("recency", 0.0)):
+        value = meta.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            fail(f"its metadata field {key!r} should be a finite number, got {value!r}")
+        numbers[key] = float(value)
+    try:
+        return HeadConfig(num_layers=dims["num_layers"], dim=dims["dim"], num_heads=dims["num_heads"],
+                          patch_size=tuple(patch), input_features=tuple(features),
+                          hidden=count(meta, "hidden", MAX_HIDDEN), per_head=need(meta, "per_head", bool),
+                          rescore=rescore,
+                          rescore_hidden=count(meta, "rescore_hidden", MAX_HIDDEN) if rescore else 16,
+                          rescore_inputs=tuple(inputs),
+                          training=meta.get("training") if isinstance(meta.get("training"), dict) else {},
+                          **numbers)
+    except (TypeError, ValueError) as e:
+        fail(f"its metadata is inconsistent: {e}")
 
 
 def load_head(path: str | os.PathLike, device: torch.device | str = "cpu") -> SalienceHead:
-    """Load and validate a head file; every refusal says what is wrong with the file."""
+    """Load a head file; every refusal is one sentence naming the file and what is wrong with it.
+
+    The header is checked against the metadata (names, dtypes, shapes) before any tensor is read,
+    so a file cannot make this allocate more than its own size; non-finite weights are refused."""
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"salience head file not found: {path}")
-    header = _read_header(path)
-    raw = header.get("__metadata__", {}).get("pafu")
+    name = os.path.basename(path)
+
+    def fail(problem: str):
+        raise FileFormatError(f"salience head {name}: {problem}")
+
+    header = read_header(path, what="salience head", max_header_bytes=1_000_000)
+    raw = header.metadata.get("pafu")
     if raw is None:
-        raise ValueError(f"{path}: safetensors file has no PaFu metadata: not a PaFu salience head")
-    meta = json.loads(raw)
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path}: format_version {meta.get('format_version')} is not supported "
-                         f"(this version reads {FORMAT_VERSION})")
-    if meta.get("model_family") != MODEL_FAMILY:
-        raise ValueError(f"{path}: model_family is {meta.get('model_family')!r}, expected {MODEL_FAMILY!r}")
-    backbone = meta.get("backbone") or {}
-    missing = [f for f in BACKBONE_FIELDS if f not in backbone]
-    if missing:
-        raise ValueError(f"{path}: backbone metadata lacks {missing}")
-    if backbone_fingerprint(backbone) != meta.get("backbone_fingerprint"):
-        raise ValueError(f"{path}: backbone_fingerprint does not match the backbone fields (edited file?)")
-    cfg = HeadConfig(num_layers=backbone["num_layers"], dim=backbone["dim"], num_heads=backbone["num_heads"],
-                     patch_size=tuple(backbone["patch_size"]), input_features=tuple(meta["input_features"]),
-                     hidden=meta["hidden"], per_head=meta["per_head"], training=meta.get("training", {}))
-    head = SalienceHead(cfg)
-    from safetensors.torch import load_file
-    tensors = load_file(path)
-    expected = {name: tuple(getattr(head, name).shape) for name in _TENSORS}
-    got = {name: tuple(t.shape) for name, t in tensors.items()}
-    if got != expected:
-        raise ValueError(f"{path}: tensors {got} do not match the metadata, which implies {expected}")
-    with torch.no_grad():
-        for name in _TENSORS:
-            getattr(head, name).copy_(tensors[name])
-    return head.to(device).eval()
+        fail("the safetensors file has no PaFu metadata: not a PaFu salience head")
+    try:
+        meta = json.loads(raw)
+    except (ValueError, RecursionError):
+        fail("its PaFu metadata is not valid JSON")
+    if not isinstance(meta, dict):
+        fail("its PaFu metadata is not a JSON object")
+    cfg = _config_from_metadata(meta, fail)
+    expected = cfg.tensor_shapes()
+    got = {k: e.shape for k, e in header.tensors.items()}
+    if set(got) != set(expected):
+        fail(f"it holds tensors {sorted(got)} but its metadata implies {sorted(expected)}")
+    for key, shape in expected.items():
+        entry = header.tensors[key]
+        if entry.shape != shape:
+            fail(f"tensor {key!r} has shape {list(entry.shape)} but the metadata implies {list(shape)}")
+        if entry.dtype not in ("F32", "F16", "BF16"):
+            fail(f"tensor {key!r} is {entry.dtype}; head weights are floating point (F32, F16 or BF16)")
+    tensors = load_tensors(header)
+    for key, t in tensors.items():
+        if not torch.isfinite(t).all():
+            fail(f"tensor {key!r} holds NaN or infinite values (a corrupt or diverged head)")
+    return SalienceHead(cfg, tensors).to(device).eval()

@@ -85,8 +85,19 @@ class WanConfig:
             raise ValueError(f"not a Wan 2.1 state dict: missing key {e.args[0]!r}") from None
         if "head.modulation" not in sd:
             raise ValueError("not a Wan 2.1 state dict: missing key 'head.modulation'")
-        layers = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
+        if pe.ndim != 5 or head_w.ndim != 2:
+            raise ValueError(f"not a Wan 2.1 state dict: patch_embedding.weight {tuple(pe.shape)} / head.head.weight "
+                             f"{tuple(head_w.shape)} have the wrong number of dimensions")
+        if dim < head_dim or dim % head_dim:
+            raise ValueError(f"not a Wan 2.1 state dict: its width {dim} is not a multiple of the head size {head_dim}")
+        blocks = [k.split(".")[1] for k in sd if k.startswith("blocks.")]
+        if not blocks or not all(b.isdigit() for b in blocks):
+            raise ValueError("not a Wan 2.1 state dict: no numbered 'blocks.N.' layers")
+        layers = 1 + max(int(b) for b in blocks)
         patch = tuple(pe.shape[2:])
+        if head_w.shape[0] % math.prod(patch):
+            raise ValueError(f"not a Wan 2.1 state dict: head.head.weight {tuple(head_w.shape)} does not fit the "
+                             f"patch size {patch}")
         out_dim = head_w.shape[0] // math.prod(patch)
         return cls(dim=dim, ffn_dim=ffn_dim, num_heads=dim // head_dim, num_layers=layers,
                    in_dim=in_dim, out_dim=out_dim, text_dim=text_dim, freq_dim=freq_dim,
@@ -212,32 +223,47 @@ def strip_checkpoint_prefixes(sd: dict[str, torch.Tensor]) -> dict[str, torch.Te
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a checkpoint file: safetensors, or a torch file loaded with ``weights_only=True``."""
+    """Read a checkpoint file: safetensors (header checked first), or a torch file loaded with
+    ``weights_only=True`` (never unpickles code). Every refusal names the file and the defect."""
+    import pickle
+    import zipfile
+
+    from .safefile import FileFormatError, load_tensors, read_header
     path = os.fspath(path)
+    name = os.path.basename(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-        return load_file(path)
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(obj, dict) and not all(isinstance(v, torch.Tensor) for v in obj.values()):
+    if path.endswith((".safetensors", ".sft")):
+        return load_tensors(read_header(path, what="checkpoint"))
+    if os.path.getsize(path) == 0:
+        raise FileFormatError(f"checkpoint {name}: the file is empty")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise FileFormatError(f"checkpoint {name}: it holds Python objects besides tensors, which are not loaded "
+                              "(they could run code); re-save it as a plain state dict or safetensors") from None
+    except (EOFError, RuntimeError, zipfile.BadZipFile, ValueError, OSError, AttributeError, IndexError):
+        raise FileFormatError(f"checkpoint {name}: not a readable torch checkpoint (truncated or corrupt)") from None
+    if isinstance(obj, dict) and obj and not all(isinstance(v, torch.Tensor) for v in obj.values()):
         # {"generator_ema": {...}, "generator": {...}, ...}: flatten one level with the key as prefix
         flat = {}
         for top, inner in obj.items():
             if isinstance(inner, dict):
                 flat.update({f"{top}.{k}": v for k, v in inner.items() if isinstance(v, torch.Tensor)})
         obj = flat
+    if not isinstance(obj, dict) or not obj or not all(isinstance(k, str) for k in obj):
+        what = type(obj).__name__ if not isinstance(obj, dict) else "no named tensors"
+        raise FileFormatError(f"checkpoint {name}: it holds {'a ' + what if not isinstance(obj, dict) else what}, "
+                              "not a state dict (parameter names mapped to tensors)")
     return obj
 
 
-def load_wan_state_dict(model: nn.Module, sd: dict[str, torch.Tensor]) -> None:
-    """Strictly load a (possibly prefixed) Wan state dict; errors name every bad key."""
-    sd = strip_checkpoint_prefixes(sd)
-    own = model.state_dict()
+def state_dict_problems(own: dict[str, tuple], sd: dict[str, torch.Tensor]) -> list[str]:
+    """Missing, unexpected and wrongly shaped keys of ``sd`` against the shapes ``own``."""
     missing = sorted(set(own) - set(sd))
     unexpected = sorted(set(sd) - set(own))
-    wrong_shape = sorted(f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
-                         for k in set(sd) & set(own) if sd[k].shape != own[k].shape)
+    wrong_shape = sorted(f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k])}"
+                         for k in set(sd) & set(own) if tuple(sd[k].shape) != tuple(own[k]))
     problems = []
     if missing:
         problems.append(f"missing keys ({len(missing)}): {', '.join(missing[:20])}"
@@ -247,6 +273,28 @@ def load_wan_state_dict(model: nn.Module, sd: dict[str, torch.Tensor]) -> None:
                         + (" ..." if len(unexpected) > 20 else ""))
     if wrong_shape:
         problems.append(f"wrong shapes ({len(wrong_shape)}): {'; '.join(wrong_shape[:20])}")
+    return problems
+
+
+def check_wan_state_dict(sd: dict[str, torch.Tensor], name: str = "checkpoint") -> WanConfig:
+    """A (prefix-stripped) Wan 2.1 state dict's config, after checking every key and shape against
+    the layout it implies (built on the meta device: nothing is allocated)."""
+    try:
+        cfg = WanConfig.from_state_dict(sd)
+    except ValueError as e:
+        raise ValueError(f"{name}: {e}") from None
+    with torch.device("meta"):
+        own = {k: tuple(v.shape) for k, v in WanDiT(cfg).state_dict().items()}
+    problems = state_dict_problems(own, sd)
+    if problems:
+        raise ValueError(f"{name} does not match the Wan 2.1 layout its shapes imply:\n  " + "\n  ".join(problems))
+    return cfg
+
+
+def load_wan_state_dict(model: nn.Module, sd: dict[str, torch.Tensor]) -> None:
+    """Strictly load a (possibly prefixed) Wan state dict; errors name every bad key."""
+    sd = strip_checkpoint_prefixes(sd)
+    problems = state_dict_problems({k: tuple(v.shape) for k, v in model.state_dict().items()}, sd)
     if problems:
         raise ValueError("Wan state dict does not match the model:\n  " + "\n  ".join(problems))
     model.load_state_dict(sd, strict=True)
@@ -256,7 +304,7 @@ def load_wan_checkpoint(path: str | os.PathLike, config: WanConfig | None = None
                         dtype: torch.dtype = torch.float32) -> WanDiT:
     """Build a ``WanDiT`` from a checkpoint file, inferring the config when none is given."""
     sd = strip_checkpoint_prefixes(read_state_dict(path))
-    cfg = config or WanConfig.from_state_dict(sd)
+    cfg = config or check_wan_state_dict(sd, os.path.basename(os.fspath(path)))
     model = WanDiT(cfg)
     load_wan_state_dict(model, sd)
     return model.to(dtype)

@@ -27,31 +27,50 @@ def test_head_is_under_one_percent_of_wan_1_3b():
 
 
 @pytest.mark.parametrize("features", [("keys",), ("keys", "values"), ("hidden",), ("keys", "values", "hidden")])
-def test_head_scores_all_layers_at_once_and_drives_the_cache(runner, context, features):
-    head = tiny_head(runner, input_features=features, per_head=features == ("hidden",))
+@pytest.mark.parametrize("rescore", [False, True])
+def test_head_scores_layer_by_layer_and_drives_the_cache(runner, context, features, rescore):
+    head = tiny_head(runner, input_features=features, per_head=features == ("hidden",), rescore=rescore)
     res = sample_video(runner, context, num_frames=9, height=8, width=8, policy=PaFuSalience(head),
                        budget=CacheBudget(4), config=SamplerConfig(chunk_frames=2))
     assert res.report.chunks[-1].tokens_per_layer == 64
     keys = torch.randn(runner.num_layers, 1, 5, runner.num_heads, runner.head_dim)
     hidden = torch.randn(runner.num_layers, 1, 5, runner.dim)
-    scores = head.score_tokens(keys, keys, hidden)
-    assert scores.shape == (runner.num_layers, 1, 5)
-    # batched over layers == each layer's own MLP
     x = head.features(keys, keys, hidden)
+    batched = head(x.flatten(1, 2))            # all layers at once (training) == one layer at a time (cache)
     for layer in range(runner.num_layers):
+        one = head.entry_scores(layer, keys[layer], keys[layer], hidden[layer])
         h = torch.nn.functional.gelu(x[layer] @ head.w1[layer] + head.b1[layer])
         ref = (h @ head.w2[layer] + head.b2[layer]).mean(-1)
-        assert torch.allclose(scores[layer, 0], ref, atol=1e-5)
+        assert torch.allclose(one, ref, atol=1e-5) and torch.allclose(batched[layer], ref[0], atol=1e-5)
 
 
-def test_round_trip_is_bit_exact(tmp_path, runner):
-    head = tiny_head(runner, input_features=("keys", "hidden"), hidden=16)
+def test_rescorer_is_a_per_layer_mlp_of_entry_newer_and_age():
+    head = SalienceHead(HeadConfig(num_layers=2, dim=8, num_heads=1, rescore=True, age_unit=4.0))
+    entry, newer, age = torch.randn(2, 3, 7), torch.randn(2, 3, 7), torch.arange(7.0).expand(2, 3, 7)
+    got = head.rescore(entry, newer, age)
+    for layer in range(2):
+        x = torch.stack([entry[layer], newer[layer], age[layer] / 4.0], dim=-1)
+        ref = torch.nn.functional.gelu(x @ head.r1[layer] + head.rb1[layer]) @ head.r2[layer] + head.rb2[layer]
+        assert torch.allclose(got[layer], ref[..., 0], atol=1e-6)
+    no_age = SalienceHead(HeadConfig(num_layers=2, dim=8, num_heads=1, rescore=True, rescore_inputs=("entry", "newer")))
+    assert no_age.r1.shape == (2, 2, 16)
+    older = age + 100
+    assert torch.equal(no_age.rescore(entry, newer, age), no_age.rescore(entry, newer, older))
+    with pytest.raises(RuntimeError, match="rescore is off"):
+        SalienceHead(HeadConfig(num_layers=2, dim=8, num_heads=1)).rescore(entry, newer, age)
+
+
+@pytest.mark.parametrize("rescore", [False, True])
+def test_round_trip_is_bit_exact(tmp_path, runner, rescore):
+    head = tiny_head(runner, input_features=("keys", "hidden"), hidden=16, rescore=rescore, age_unit=36.0,
+                     recency=0.0 if rescore else 0.25)
     head.config.training = {"steps": 3, "eval": {"spearman": 0.5}}
     path = tmp_path / "head.safetensors"
     save_head(head, path)
     loaded = load_head(path)
-    for name in ("w1", "b1", "w2", "b2"):
+    for name in head.config.tensor_shapes():
         assert torch.equal(getattr(loaded, name), getattr(head, name))
+    assert loaded.config == head.config
     assert loaded.config.input_features == ("keys", "hidden")
     assert loaded.config.training["eval"]["spearman"] == 0.5
     loaded.check_backbone(runner)
@@ -74,7 +93,7 @@ def test_truncated_file_refused(tmp_path, runner):
     with pytest.raises(ValueError, match="truncated"):
         load_head(path)
     path.write_bytes(data[:5])
-    with pytest.raises(ValueError, match="not a safetensors file"):
+    with pytest.raises(ValueError, match="too short"):
         load_head(path)
 
 
@@ -103,7 +122,8 @@ def test_edited_metadata_refused(tmp_path, runner):
     head = tiny_head(runner)
     save_head(head, path)
     meta = json.loads(__import__("safetensors").safe_open(str(path), "pt").metadata()["pafu"])
-    for field, value, match in [("format_version", 99, "format_version"), ("model_family", "sdxl", "model_family")]:
+    for field, value, match in [("format_version", 99, "format_version"), ("model_family", "sdxl", "model_family"),
+                                ("recency", -1.0, "recency"), ("age_unit", 0.0, "age_unit")]:
         bad = dict(meta, **{field: value})
         save_file({n: getattr(head, n).detach() for n in ("w1", "b1", "w2", "b2")}, str(path),
                   metadata={"pafu": json.dumps(bad)})

@@ -117,3 +117,31 @@ def test_init_is_deterministic():
     b = init_weights_(WanDiT(tiny_config()), seed=1)
     assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
     assert math.isfinite(float(a.blocks[0].modulation.detach().sum()))
+
+
+def test_convert_cli_turns_a_self_forcing_pt_into_causal_ar_safetensors(tmp_path, tiny_model):
+    import json
+    import subprocess
+    import sys
+
+    from safetensors import safe_open
+    src = tmp_path / "self_forcing_dmd.pt"
+    sd = tiny_model.state_dict()
+    torch.save({"generator_ema": {"model." + k: v for k, v in sd.items()},
+                "generator": {"model." + k: torch.zeros_like(v) for k, v in sd.items()}, "step": 100}, src)
+    dst = tmp_path / "self_forcing_dmd.safetensors"
+    root = __import__("os").path.dirname(__import__("os").path.dirname(__import__("os").path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, "-m", "pafu_core.convert", str(src), str(dst), "--dtype", "bf16"],
+                          cwd=root, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "marked causal-AR" in proc.stdout
+    with safe_open(str(dst), "pt") as fh:
+        assert json.loads(fh.metadata()["config"]) == {"transformer": {"causal_ar": True}}
+        assert set(fh.keys()) == set(sd)
+        assert fh.get_tensor("head.modulation").dtype == torch.bfloat16
+        assert torch.equal(fh.get_tensor("blocks.0.self_attn.q.weight"), sd["blocks.0.self_attn.q.weight"].bfloat16())
+    bad = tmp_path / "list.pt"
+    torch.save([1, 2], bad)
+    proc = subprocess.run([sys.executable, "-m", "pafu_core.convert", str(bad), str(tmp_path / "x.safetensors")],
+                          cwd=root, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "list.pt" in proc.stderr and "Traceback" not in proc.stderr
