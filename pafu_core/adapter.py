@@ -17,6 +17,7 @@ import math
 
 import torch
 import torch.nn as nn
+from einops import rearrange
 
 from .attention import attention_with_key_mass
 from .ops import TorchOps
@@ -25,17 +26,20 @@ from .wan import sinusoidal_embedding
 _REQUIRED = ("patch_embedding", "text_embedding", "time_embedding", "time_projection", "blocks", "head")
 
 
+def _by_frame(x: torch.Tensor, frames: int) -> torch.Tensor:
+    """[B, S, C] tokens as [B, F, S/F, C] (a view), so per-frame terms broadcast without a repeat copy."""
+    return rearrange(x, "b (f t) c -> b f t c", f=frames)
+
+
 def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, frames: int) -> torch.Tensor:
-    """x [B, S, C] * (1 + scale) + shift, with shift/scale per frame [B, F, C] (no repeat copy)."""
-    b, s, c = x.shape
-    xv = x.view(b, frames, s // frames, c)
-    return torch.addcmul(shift.unsqueeze(2), xv, 1 + scale.unsqueeze(2)).view(b, s, c)
+    """x [B, S, C] * (1 + scale) + shift, with shift/scale per frame [B, F, C]."""
+    out = torch.addcmul(shift.unsqueeze(2), _by_frame(x, frames), 1 + scale.unsqueeze(2))
+    return rearrange(out, "b f t c -> b (f t) c")
 
 
 def _gate(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor, frames: int) -> torch.Tensor:
-    b, s, c = x.shape
-    return torch.addcmul(x.view(b, frames, s // frames, c), y.view(b, frames, s // frames, c),
-                         gate.unsqueeze(2)).view(b, s, c)
+    out = torch.addcmul(_by_frame(x, frames), _by_frame(y, frames), gate.unsqueeze(2))
+    return rearrange(out, "b f t c -> b (f t) c")
 
 
 class WanChunkRunner:
@@ -73,14 +77,13 @@ class WanChunkRunner:
     def patchify(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
         tokens = self.ops.embed_patches(self.model.patch_embedding, x).to(self.dtype)
         grid = tuple(tokens.shape[2:])
-        return tokens.flatten(2).transpose(1, 2), grid
+        return rearrange(tokens, "b c f h w -> b (f h w) c"), grid
 
     def unpatchify(self, x: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
-        b = x.shape[0]
         pt, ph, pw = self.patch_size
-        u = x[:, :math.prod(grid)].view(b, *grid, pt, ph, pw, self.out_dim)
-        u = torch.einsum("bfhwpqrc->bcfphqwr", u)
-        return u.reshape(b, self.out_dim, grid[0] * pt, grid[1] * ph, grid[2] * pw)
+        f, h, w = grid
+        return rearrange(x[:, :math.prod(grid)], "b (f h w) (p q r c) -> b c (f p) (h q) (w r)",
+                         f=f, h=h, w=w, p=pt, q=ph, r=pw)
 
     def embed_text(self, context: torch.Tensor) -> torch.Tensor:
         return self.model.text_embedding(context.to(self.dtype))
@@ -106,8 +109,9 @@ class WanChunkRunner:
 
     # ---- the transformer -------------------------------------------------------------------
     def run_blocks(self, x, e0, frames, freqs, cross_kv, attend) -> torch.Tensor:
-        """All blocks. ``attend(layer, q, k, v, h)`` returns self-attention output [B, S, H*D]
-        given roped q/k, v [B, S, H, D] and the block's modulated input h [B, S, C]."""
+        """All blocks. ``attend(layer, q, k, v, h, k_raw)`` returns self-attention output [B, S, H*D]
+        given roped q/k, v [B, S, H, D], the block's modulated input h [B, S, C] and the keys
+        before RoPE (what a salience head reads)."""
         b, s, _ = x.shape
         n, d = self.num_heads, self.head_dim
         for i, blk in enumerate(self.model.blocks):
@@ -115,9 +119,10 @@ class WanChunkRunner:
             h = _modulate(blk.norm1(x), e[0], e[1], frames)
             sa = blk.self_attn
             q = self.ops.apply_rope(sa.norm_q(sa.q(h)).view(b, s, n, d), freqs)
-            k = self.ops.apply_rope(sa.norm_k(sa.k(h)).view(b, s, n, d), freqs)
+            k_raw = sa.norm_k(sa.k(h)).view(b, s, n, d)
+            k = self.ops.apply_rope(k_raw, freqs)
             v = sa.v(h).view(b, s, n, d)
-            x = _gate(x, sa.o(attend(i, q, k, v, h)), e[2], frames)
+            x = _gate(x, sa.o(attend(i, q, k, v, h, k_raw)), e[2], frames)
             ca = blk.cross_attn
             cq = ca.norm_q(ca.q(blk.norm3(x))).view(b, s, n, d)
             ck, cv = cross_kv[i]
@@ -145,31 +150,32 @@ class WanChunkRunner:
                      observer=None) -> torch.Tensor:
         """Whole-clip forward (bidirectional unless ``attn_mask`` [N, N] bool says otherwise).
 
-        ``observer(layer, q, k)`` sees every layer's roped queries and keys (the SSE teacher).
+        ``observer(layer, q, k, v)`` sees every layer's roped queries and keys, and values (the SSE teacher).
         """
         b, _, f = x.shape[:3]
         tokens, grid = self.patchify(x)
         t = self._per_frame(timestep, b, grid[0]).to(x.device)
         e, e0 = self.embed_time(t)
-        freqs = self.ops.rope_freqs(self.model, frame_offset, grid, x.device)
+        freqs = self.ops.rope_freqs(self.model, frame_offset, grid, x.device, self.dtype)
         cross = self.cross_kv(self.embed_text(context))
 
-        def attend(i, q, k, v, h):
+        def attend(i, q, k, v, h, k_raw):
             if observer is not None:
-                observer(i, q, k)
+                observer(i, q, k, v)
             return self.ops.attention(q, k, v, attn_mask)
 
         out = self.run_blocks(tokens, e0, grid[0], freqs, cross, attend)
         return self.unpatchify(self.final_head(out, e, grid[0]), grid)
 
     def forward_chunk(self, x: torch.Tensor, timestep: torch.Tensor, frame_start: int,
-                      cache, write: bool = False) -> torch.Tensor | None:
+                      cache, write: bool = False, observer=None) -> torch.Tensor | None:
         """One chunk x [B, C, F, H, W] attending to the cache.
 
         Denoising passes (``write=False``) stage the chunk's K/V in the cache's spare slots and
-        leave the committed tokens untouched; the cache-writing pass (``write=True``) commits the
-        chunk, lets the policy score it and evicts down to the budget. Returns the flow
-        prediction, or None for the writing pass (its head output is not needed).
+        leave the committed tokens untouched; the cache-writing pass (``write=True``) shows the
+        policy each layer's entering tokens, commits the chunk and evicts down to the budget.
+        Returns the flow prediction, or None for the writing pass (its head output is not needed).
+        ``observer(layer, q, keys)`` sees the chunk's roped queries and every key they attend to.
         """
         b = x.shape[0]
         tokens, grid = self.patchify(x)
@@ -178,15 +184,17 @@ class WanChunkRunner:
         e, e0 = self.embed_time(t)
         key = (frame_start, grid, x.device)
         if key != self._freqs_key:
-            self._freqs_key, self._freqs = key, self.ops.rope_freqs(self.model, frame_start, grid, x.device)
+            self._freqs_key, self._freqs = key, self.ops.rope_freqs(self.model, frame_start, grid, x.device, self.dtype)
         freqs = self._freqs
-        cache.open_chunk(frame_start, frames)
+        cache.open_chunk(frame_start, frames, write=write)
         collect_mass = write and cache.policy.needs_attention_mass
 
-        def attend(i, q, k, v, h):
+        def attend(i, q, k, v, h, k_raw):
             keys, values = cache.stage(i, k, v)
+            if observer is not None:
+                observer(i, q, keys)
             if write:
-                cache.record_hidden(i, h)
+                cache.enter(i, k_raw, v, h)
             if collect_mass:
                 out, mass = attention_with_key_mass(q, keys, values)
                 cache.add_attention_mass(i, mass)
@@ -195,6 +203,6 @@ class WanChunkRunner:
 
         out = self.run_blocks(tokens, e0, frames, freqs, cache.cross_kv, attend)
         if write:
-            cache.commit(unrope=lambda k: self.ops.unrope(k, freqs))
+            cache.commit()
             return None
         return self.unpatchify(self.final_head(out, e, frames), grid)

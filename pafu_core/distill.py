@@ -1,14 +1,18 @@
-"""Distil a Salience Estimation Head from a bidirectional teacher.
+"""Distil a Salience Estimation Head: learn to predict, from what the causal model has at hand, which
+cached tokens later chunks will attend to.
 
-    python -m pafu_core.distill --config distill.json [--steps 400 --out head.safetensors ...]
-    torchrun --nproc_per_node 8 -m pafu_core.distill --config distill.json      # plain DDP
+    python -m pafu_core.distill --config configs/distill_wan21_1.3b.json [--steps 400 --out head.safetensors ...]
+    torchrun --nproc_per_node 8 -m pafu_core.distill --config ...          # plain DDP
 
-Pipeline: clips (self-generated rollouts of the causal student, optionally under a sliding
-window so that long rollouts are covered, or latents read from a file) -> SSE targets from the
-bidirectional teacher on each clean clip -> the student's per-layer features of every token at
-cache-write time (teacher-forced over the same clip) -> heads trained with a listwise ranking loss
-plus MSE -> held-out Spearman / top-k recall against the teacher, beside the untrained head and the
-key-norm baseline, and the fidelity of budgeted rollouts to keep-all -> one head file.
+Pipeline: clips (the causal student's own rollouts, optionally long and under a sliding window - the
+paper's streaming long tuning - or latents read from a file) -> attention use of every token by the
+queries of every later block (``teacher.py``: the student's own attention in the sampling
+situation, or the bidirectional teacher's, clean or noisy) -> the student's per-layer features of
+every token at cache-write time -> stage 1: the entry MLPs, trained on static targets (listwise
+ranking loss + MSE) -> stage 2 (``--rescore``): the re-scoring MLPs, trained at every commit of the
+clip to rank the live tokens by their use *after* that commit, from entry salience, the newest
+salience at their place and their age -> held-out Spearman / top-k recall beside the untrained
+head and key norm, and the fidelity of budgeted rollouts -> one head file.
 """
 
 from __future__ import annotations
@@ -18,20 +22,30 @@ import dataclasses
 import json
 import os
 import sys
+import time
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
+from tqdm.auto import tqdm
 
 from .adapter import WanChunkRunner
 from .cache import CacheBudget
-from .policies import KeyNorm, Policy, PaFuSalience, make_policy
-from .progress import Progress
+from .policies import KeyNorm, PaFuSalience, Policy, make_policy
 from .salience import HeadConfig, SalienceHead, save_head
-from .sampler import SamplerConfig, build_cache, sample_video
-from .teacher import SSEConfig, sse_targets
-from .wan import WanDiT, init_weights_, load_wan_checkpoint, tiny_config
+from .sampler import SamplerConfig, sample_video
+from .teacher import SSEConfig, SalienceTargets, sse_targets
+from .wan import WAN21_1_3B, WanDiT, init_weights_, load_wan_checkpoint, tiny_config
 from .world.metrics import psnr
+
+#: the target families compared in the README's ablation (the issue's candidates)
+TARGET_PRESETS = {
+    "sse_teacher_clean": dict(sse_source="teacher_clean", sse_weights=(1.0, 1.0, 1.0)),
+    "sse_teacher_noisy": dict(sse_source="teacher_noisy", sse_weights=(1.0, 1.0, 1.0)),
+    "future_teacher_noisy": dict(sse_source="teacher_noisy", sse_weights=(0.0, 0.0, 1.0)),
+    "future_student": dict(sse_source="student", sse_weights=(0.0, 0.0, 1.0)),
+}
 
 
 @dataclass
@@ -39,30 +53,42 @@ class DistillConfig:
     # models: Wan checkpoints, or a random tiny pair for smoke tests
     student: str | None = None
     teacher: str | None = None
-    tiny_random: bool = False
+    tiny_random: bool = False          # a random tiny Wan as student and teacher (smoke tests)
+    random_wan13b: bool = False        # random weights at the Wan 2.1 1.3B shape (timing and memory)
     # data
     clips: str | None = None           # safetensors: latents [N, C, F, H, W], context [N, L, text_dim]
+    contexts: str = "random"           # rollouts' text: "random", "tiny_world" (its styles), or a .safetensors [N, L, D]
     rollouts: int = 8                  # self-generated clips when no clips file is given
     rollout_frames: int = 12
     rollout_window: float = 0.0        # > 0: roll out under a FIFO window of this fraction of the clip
+    save_clips: str | None = None      # also write the rollouts to this clips file (reuse them with --clips)
     latent_size: tuple[int, int] = (8, 8)
     heldout: int = 2
     # sampler
     chunk_frames: int = 3
     timesteps: tuple[float, ...] = (1000.0, 750.0, 500.0, 250.0)
     shift: float = 5.0
-    # SSE targets
+    # targets (see teacher.py; ``targets`` picks a preset of the fields below)
+    targets: str = ""
+    sse_source: str = "teacher_clean"
     sse_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
     sse_normalise: str = "max"
     sse_layer_mode: str = "per_layer"
-    teacher_timesteps: tuple[float, ...] = (0.0,)
+    teacher_timesteps: tuple[float, ...] = (0.0,)     # teacher_clean only: the clip's input timesteps
     sse_future_min_gap: int = 1
+    horizon_frames: int = 0            # re-scoring: commits need this many frames after them (0: a third of the clip)
+    feature_tokens: int = 0            # tokens per clip whose head features are kept, on the CPU (0: all); for big models
     # head
     input_features: tuple[str, ...] = ("keys", "values")
     hidden: int = 64
     per_head: bool = False
+    rescore: bool = False
+    rescore_hidden: int = 16
+    rescore_inputs: tuple[str, ...] = ("entry", "newer", "age")
+    age_unit: float = 0.0              # frames (0: the clips' length)
     # training
     steps: int = 300
+    rescore_steps: int = 300
     lr: float = 3e-3
     weight_decay: float = 0.01
     rank_weight: float = 1.0
@@ -83,10 +109,19 @@ class DistillConfig:
     stop_at: int = 0                   # end this run at this step (time-sliced jobs); --resume goes on
     extra: dict = field(default_factory=dict)   # free-form notes kept in the head's training summary
 
+    def __post_init__(self):
+        if self.targets:
+            if self.targets not in TARGET_PRESETS:
+                raise ValueError(f"targets must be one of {', '.join(TARGET_PRESETS)}, got {self.targets!r}")
+            for k, v in TARGET_PRESETS[self.targets].items():
+                setattr(self, k, v)
+
     def sse(self) -> SSEConfig:
+        noisy = self.sse_source != "teacher_clean"
+        steps = tuple(1000.0 * s for s in self.sampler(0).sigmas) if noisy else tuple(self.teacher_timesteps)
         return SSEConfig(block_frames=self.chunk_frames, weights=tuple(self.sse_weights),
-                         normalise=self.sse_normalise, layer_mode=self.sse_layer_mode,
-                         timesteps=tuple(self.teacher_timesteps), future_min_gap=self.sse_future_min_gap)
+                         normalise=self.sse_normalise, layer_mode=self.sse_layer_mode, source=self.sse_source,
+                         timesteps=steps, future_min_gap=self.sse_future_min_gap)
 
     def sampler(self, seed: int) -> SamplerConfig:
         return SamplerConfig(chunk_frames=self.chunk_frames, timesteps=tuple(self.timesteps),
@@ -97,8 +132,9 @@ class DistillConfig:
 
 def load_models(cfg: DistillConfig) -> tuple[WanChunkRunner, WanChunkRunner]:
     dtype = getattr(torch, cfg.dtype)
-    if cfg.tiny_random:
-        student = init_weights_(WanDiT(tiny_config()), seed=cfg.seed)
+    if cfg.tiny_random or cfg.random_wan13b:
+        with torch.device(cfg.device):
+            student = WanDiT(WAN21_1_3B) if cfg.random_wan13b else init_weights_(WanDiT(tiny_config()), seed=cfg.seed)
         teacher = student
     else:
         if not cfg.student:
@@ -128,12 +164,26 @@ def read_clips(path: str, text_dim: int) -> list[Clip]:
     return [Clip(lat[i:i + 1].float(), ctx[i:i + 1].float()) for i in range(lat.shape[0])]
 
 
+def rollout_context(cfg: DistillConfig, i: int, text_dim: int) -> torch.Tensor:
+    """Text conditioning of rollout ``i``: the tiny world's styles in turn, rows of a file, or random."""
+    if cfg.contexts == "tiny_world":
+        from .world.scenes import DEFAULT_WORLD, style_context
+        return style_context(i % DEFAULT_WORLD.num_styles)
+    if cfg.contexts == "random":
+        return torch.randn(1, 16, text_dim, generator=torch.Generator().manual_seed(10_000 + i))
+    from safetensors.torch import load_file
+    ctx = load_file(cfg.contexts)["context"]
+    if ctx.ndim != 3 or ctx.shape[-1] != text_dim:
+        raise ValueError(f"{cfg.contexts}: 'context' must be [N, L, {text_dim}], got {tuple(ctx.shape)}")
+    return ctx[i % ctx.shape[0]:i % ctx.shape[0] + 1].float()
+
+
 def rollout_clips(student: WanChunkRunner, cfg: DistillConfig, indices, show: bool) -> list[Clip]:
-    """Self-generated clips; with ``rollout_window`` the student runs under a FIFO window."""
+    """Self-generated clips (noise seed ``seed * 7919 + i``); with ``rollout_window`` the student runs
+    under a FIFO window, so long rollouts stay in the regime a budgeted cache puts it in."""
     clips = []
-    bar = Progress(len(indices), "rollouts", show)
-    for i in indices:
-        ctx = torch.randn(1, 16, student.text_dim, generator=torch.Generator().manual_seed(10_000 + i))
+    for i in tqdm(list(indices), desc="rollouts", disable=not show):
+        ctx = rollout_context(cfg, i, student.text_dim)
         budget = None
         policy = make_policy("keep_all")
         if cfg.rollout_window > 0:
@@ -143,72 +193,155 @@ def rollout_clips(student: WanChunkRunner, cfg: DistillConfig, indices, show: bo
                            height=cfg.latent_size[0], width=cfg.latent_size[1], policy=policy,
                            budget=budget, config=cfg.sampler(seed=cfg.seed * 7919 + i), device=cfg.device)
         clips.append(Clip(res.latents.cpu(), ctx))
-        bar.update()
     return clips
 
 
 # ---- features and targets --------------------------------------------------------------------
 
-class _FeatureRecorder(Policy):
-    """Keep-all 'policy' that records what the head would see for every entering token."""
+class FeatureRecorder(Policy):
+    """Keep-all 'policy' that records what the head reads of the entering tokens, layer by layer: the
+    head's features (on the CPU, float16; all tokens, or a seeded random share of each chunk's) and
+    the key-norm baseline of every token. With ``head`` it records the trained head's entry scores
+    instead (the re-scorer's input for every token, cheap to keep)."""
 
     name = "record"
     bounded = False
+    state_channels = ("entry",)
 
-    def __init__(self, features):
-        self.entry_features = frozenset(features) | {"keys"}
-        self.chunks: list[dict] = []
+    def __init__(self, head: SalienceHead, keep: float = 1.0, seed: int = 0, score_with_head: bool = False):
+        self.head, self.keep, self.score_with_head = head, keep, score_with_head
+        self.entry_features = frozenset(head.input_features) | {"keys"}
+        self.gen = torch.Generator().manual_seed(seed)
+        self.chunks: dict[int, list[dict]] = {}
+        self.kept: list[torch.Tensor] = []          # token ids with features, per chunk
+        self._seen = 0
+
+    def entry_scores(self, layer, keys, values, hidden):
+        s = keys.shape[1]
+        if layer == 0:
+            idx = torch.arange(s) if self.keep >= 1 else torch.randperm(s, generator=self.gen)[:max(1, round(self.keep * s))].sort().values
+            self.kept.append(idx + self._seen)
+            self._seen += s
+        if self.score_with_head:
+            rec = {"entry": self.head.entry_scores(layer, keys, values, hidden).float().cpu()}
+        else:
+            idx = (self.kept[-1] - (self._seen - s)).to(keys.device)
+            feats = self.head.features(keys[:, idx], values[:, idx], hidden[:, idx] if hidden is not None else None)
+            rec = {"features": feats.to("cpu", torch.float16 if self.keep < 1 else torch.float32),
+                   "key_norm": KeyNorm().entry_scores(layer, keys, values, hidden).float().cpu()}
+        self.chunks.setdefault(layer, []).append(rec)
+        return torch.zeros(keys.shape[:2], device=keys.device)
 
     def score(self, view):
-        keys = view.entering_keys
-        rec = {"keys": keys, "values": view.entering_values, "key_norm": KeyNorm().score(view)}
-        if "hidden" in self.entry_features:
-            rec["hidden"] = view.entering_hidden
-        self.chunks.append({k: v.clone() for k, v in rec.items()})
-        return torch.zeros(keys.shape[:3], device=keys.device)
+        return view.entering_state("entry")
+
+    def gather(self) -> dict[str, torch.Tensor]:
+        """{name: [layers, N(, in)]} for batch row 0, plus "token_ids" of the featured tokens."""
+        layers = [self.chunks[i] for i in sorted(self.chunks)]
+        out = {k: torch.stack([torch.cat([c[k] for c in chunks], dim=1) for chunks in layers])[:, 0]
+               for k in layers[0][0]}
+        out["token_ids"] = torch.cat(self.kept)
+        return out
+
+
+def writing_pass(student: WanChunkRunner, clip: Clip, cfg: DistillConfig, recorder: FeatureRecorder) -> dict:
+    """Teacher-forced writing passes of the causal student over a clean clip: what the recorder saw."""
+    from .cache import KVCache
+    lat = clip.latents.to(cfg.device)
+    _, _, frames, h, w = lat.shape
+    cache = KVCache(num_layers=student.num_layers, batch=1, num_heads=student.num_heads, head_dim=student.head_dim,
+                    tokens_per_frame=student.tokens_per_frame(h, w), chunk_frames=cfg.chunk_frames,
+                    total_frames=frames, policy=recorder, budget=None, device=cfg.device, dtype=student.dtype)
+    try:
+        with torch.inference_mode():
+            cache.cross_kv = student.cross_kv(student.embed_text(clip.context.to(cfg.device)))
+            for f0 in range(0, frames, cfg.chunk_frames):
+                chunk = lat[:, :, f0:f0 + cfg.chunk_frames]
+                student.forward_chunk(chunk, torch.zeros(1, chunk.shape[2], device=lat.device), f0, cache, write=True)
+    finally:
+        cache.release()
+    return recorder.gather()
 
 
 @dataclass
 class Example:
-    features: torch.Tensor    # [layers, N, in] head input
-    target: torch.Tensor      # [layers, N] SSE target
-    key_norm: torch.Tensor    # [layers, N] key-norm baseline score
+    features: torch.Tensor         # [layers, K, in] head input of the featured tokens (float16, CPU)
+    target: torch.Tensor           # [layers, N] static target (the entry head's)
+    key_norm: torch.Tensor         # [layers, N] key-norm baseline score
+    commits: dict[int, torch.Tensor]   # block t -> [layers, N_t] targets of the tokens before t, at t's commit
+    tokens_per_frame: int
+    block_frames: int
+    token_ids: torch.Tensor | None = None   # [K] which tokens have features (None: all, in order)
+    clip: Clip | None = None       # kept when only some tokens have features: stage 2 re-reads the clip
+    entry: torch.Tensor | None = None       # [layers, N] trained entry scores of every token (stage 2)
+
+    def featured(self, values: torch.Tensor) -> torch.Tensor:
+        """``values`` [layers, N] restricted to the tokens that have features."""
+        return values if self.token_ids is None else values[:, self.token_ids]
 
 
-def student_features(student: WanChunkRunner, clip: Clip, cfg: DistillConfig, head: SalienceHead):
-    """Teacher-forced pass of the causal student over a clean clip: features at cache-write time."""
-    recorder = _FeatureRecorder(head.input_features)
-    lat = clip.latents.to(cfg.device)
-    _, _, frames, h, w = lat.shape
-    cache = build_cache(student, recorder, None, batch=1, tokens_per_frame=student.tokens_per_frame(h, w),
-                        chunk_frames=cfg.chunk_frames, total_frames=frames, device=torch.device(cfg.device))
-    with torch.inference_mode():
-        cache.cross_kv = student.cross_kv(student.embed_text(clip.context.to(cfg.device)))
-        for f0 in range(0, frames, cfg.chunk_frames):
-            chunk = lat[:, :, f0:f0 + cfg.chunk_frames]
-            student.forward_chunk(chunk, torch.zeros(1, chunk.shape[2], device=lat.device), f0, cache, write=True)
-    cache.release()
-    cat = {k: torch.cat([c[k] for c in recorder.chunks], dim=2) for k in recorder.chunks[0]}
-    feats = head.features(cat["keys"], cat["values"], cat.get("hidden"))
-    return feats, cat["key_norm"][:, 0]
+def commit_blocks(blocks: int, frames: int, cfg: DistillConfig) -> list[int]:
+    """Commits a re-scoring head learns from: the ones with enough of the clip after them to measure
+    use (``horizon_frames``, default a third of the clip); none for a clip too short for one."""
+    horizon = cfg.horizon_frames or frames // 3
+    last = blocks - 1 - -(-horizon // cfg.chunk_frames)
+    return list(range(1, last + 1))
 
 
 def build_examples(student, teacher, clips, cfg: DistillConfig, head: SalienceHead, desc: str,
                    show: bool) -> list[Example]:
     out = []
-    bar = Progress(len(clips), desc, show)
-    for clip in clips:
-        targets = sse_targets(teacher, clip.latents.to(cfg.device), clip.context.to(cfg.device), cfg.sse()).targets
-        feats, key_norm = student_features(student, clip, cfg, head)
-        out.append(Example(feats.float().cpu(), targets[:, 0].float().cpu(), key_norm.float().cpu()))
-        bar.update()
+    sse = cfg.sse()
+    source = student if sse.source == "student" else teacher
+    for i, clip in enumerate(tqdm(clips, desc=desc, disable=not show)):
+        lat, ctx = clip.latents.to(cfg.device), clip.context.to(cfg.device)
+        tpf = student.tokens_per_frame(lat.shape[-2], lat.shape[-1])
+        total = lat.shape[2] * tpf
+        keep = min(1.0, cfg.feature_tokens / total) if cfg.feature_tokens else 1.0
+        recorder = FeatureRecorder(head, keep, seed=cfg.seed * 100_003 + i)
+        res: SalienceTargets = sse_targets(source, lat, ctx, sse, writer=recorder if sse.source == "student" else None)
+        seen = recorder.gather() if sse.source == "student" else writing_pass(student, clip, cfg, recorder)
+        nb = int(res.blocks.max()) + 1
+        commits = {t: res.at_commit(t)[:, 0].float().cpu() for t in commit_blocks(nb, lat.shape[2], cfg)}
+        partial = keep < 1.0
+        out.append(Example(seen["features"], res.targets[:, 0].float().cpu(), seen["key_norm"], commits, tpf,
+                           cfg.chunk_frames, token_ids=seen["token_ids"] if partial else None,
+                           clip=clip if partial else None))
+        del res
     return out
+
+
+# ---- the re-scorer's inputs at a commit ------------------------------------------------------
+
+def newer_by_frame(entry: torch.Tensor, tokens_per_frame: int) -> torch.Tensor:
+    """entry [layers, N] of a clip -> [layers, F, F, P]: for a token of frame f at place p, the highest
+    entry salience at p over frames f+1 .. g (index g), -inf when g <= f. At a commit whose newest
+    frame is g this is the cache's "newer" channel (``policies.newer_at_place``)."""
+    lyr, n = entry.shape
+    e = rearrange(entry, "l (f p) -> l f p", p=tokens_per_frame)
+    f = e.shape[1]
+    later = torch.arange(f)[None, :] > torch.arange(f)[:, None]                 # [f, g]: g > f
+    grid = torch.where(later[None, :, :, None], e[:, None, :, :], float("-inf"))  # [L, f, g, P]
+    return grid.cummax(dim=2).values
+
+
+def rescore_inputs(entry: torch.Tensor, newer_grid: torch.Tensor, t: int, ex: Example):
+    """The re-scorer's (entry, newer, age) of the tokens before block t, just after t's commit."""
+    tpf = ex.tokens_per_frame
+    n_t = t * ex.block_frames * tpf
+    newest = (t + 1) * ex.block_frames - 1
+    frames = torch.arange(n_t) // tpf
+    newer = newer_grid[:, frames, min(newest, newer_grid.shape[2] - 1), torch.arange(n_t) % tpf]
+    e = entry[:, :n_t]
+    newer = torch.where(torch.isfinite(newer), newer, e)
+    age = (newest - frames).to(e.dtype).expand_as(e)
+    return e, newer, age
 
 
 # ---- loss and metrics ------------------------------------------------------------------------
 
 def distill_loss(pred: torch.Tensor, target: torch.Tensor, cfg: DistillConfig) -> torch.Tensor:
-    """Listwise softmax cross-entropy over a clip's tokens (per layer) + MSE on the targets."""
+    """Listwise softmax cross-entropy over a list of tokens (per layer) + MSE on the targets."""
     soft = torch.softmax(target / cfg.temperature, dim=-1)
     rank = -(soft * torch.log_softmax(pred, dim=-1)).sum(-1).mean()
     return cfg.rank_weight * rank + cfg.mse_weight * F.mse_loss(pred, target)
@@ -224,23 +357,47 @@ def spearman(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def topk_recall(pred: torch.Tensor, target: torch.Tensor, fraction: float) -> torch.Tensor:
-    """Share of the teacher's top-k tokens that the prediction also puts in its top-k."""
+    """Share of the target's top-k tokens that the prediction also puts in its top-k."""
     k = max(1, int(round(fraction * pred.shape[-1])))
     want = torch.zeros_like(target, dtype=torch.bool).scatter_(-1, target.topk(k, dim=-1).indices, True)
     got = torch.zeros_like(pred, dtype=torch.bool).scatter_(-1, pred.topk(k, dim=-1).indices, True)
     return (want & got).sum(-1).float() / k
 
 
-def ranking_metrics(scores: list[torch.Tensor], examples: list[Example], fraction: float) -> dict:
-    rho = torch.stack([spearman(s, e.target).mean() for s, e in zip(scores, examples)])
-    rec = torch.stack([topk_recall(s, e.target, fraction).mean() for s, e in zip(scores, examples)])
+def scorer_lists(scorer, ex: Example, rescoring: bool) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(prediction, target) lists a fixed scorer is judged on: the whole clip for entry scores, every
+    commit's live tokens for a re-scorer. ``scorer(ex)`` -> [layers, N] entry-time scores."""
+    entry = scorer(ex)
+    if not rescoring:
+        return [(entry, ex.target)]
+    return [(entry[:, :tgt.shape[1]], tgt) for tgt in ex.commits.values()]
+
+
+def ranking_metrics(lists_per_clip: list[list[tuple[torch.Tensor, torch.Tensor]]], fraction: float) -> dict:
+    rho = torch.stack([torch.stack([spearman(p, t).mean() for p, t in lists]).mean() for lists in lists_per_clip])
+    rec = torch.stack([torch.stack([topk_recall(p, t, fraction).mean() for p, t in lists]).mean()
+                       for lists in lists_per_clip])
     return {"spearman": float(rho.mean()), "spearman_std": float(rho.std()) if len(rho) > 1 else 0.0,
             "topk_recall": float(rec.mean()), "topk_recall_std": float(rec.std()) if len(rec) > 1 else 0.0}
 
 
-def head_scores(head: SalienceHead, examples: list[Example]) -> list[torch.Tensor]:
+def head_lists(head: SalienceHead, ex: Example, student=None, cfg=None) -> list[tuple[torch.Tensor, torch.Tensor]]:
     with torch.no_grad():
-        return [head(e.features.to(head.w1)).mean(-1).cpu() for e in examples]
+        if not head.rescores:
+            return [(head(ex.features.to(head.w1)).cpu(), ex.featured(ex.target))]
+        entry = entry_of_every_token(head, ex, student, cfg)
+        grid = newer_by_frame(entry, ex.tokens_per_frame)
+        return [(head.rescore(*rescore_inputs(entry, grid, t, ex)).cpu(), tgt) for t, tgt in ex.commits.items()]
+
+
+def entry_of_every_token(head: SalienceHead, ex: Example, student=None, cfg=None) -> torch.Tensor:
+    """[layers, N] entry scores of every token of the clip: from the kept features when all tokens have
+    them, else from one more writing pass over the clip with the trained head (cached on the example)."""
+    if ex.token_ids is None:
+        return head(ex.features.to(head.w1))
+    if ex.entry is None:
+        ex.entry = writing_pass(student, ex.clip, cfg, FeatureRecorder(head, score_with_head=True))["entry"]
+    return ex.entry.to(head.w1)
 
 
 def rollout_fidelity(student: WanChunkRunner, head: SalienceHead, clips: list[Clip], cfg: DistillConfig) -> dict:
@@ -268,44 +425,68 @@ def _checkpoint_path(cfg: DistillConfig) -> str | None:
     return os.path.join(cfg.ckpt_dir, "distill_state.pt") if cfg.ckpt_dir else None
 
 
-def train(head: SalienceHead, examples: list[Example], cfg: DistillConfig, rank: int, world: int) -> list[float]:
+def train(head: SalienceHead, examples: list[Example], cfg: DistillConfig, rank: int, world: int,
+          student=None) -> list[float]:
+    """Stage 1 (entry MLPs, ``cfg.steps``), then stage 2 (re-scoring MLPs, ``cfg.rescore_steps``)."""
     with torch.enable_grad():      # whatever grad mode the caller is in
-        return _train(head, examples, cfg, rank, world)
+        return _train(head, examples, cfg, rank, world, student)
 
 
-def _train(head: SalienceHead, examples: list[Example], cfg: DistillConfig, rank: int, world: int) -> list[float]:
-    model = head
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-        model = DistributedDataParallel(head)
-    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.steps))
+def _entry_loss(head, ex: Example, cfg: DistillConfig, student=None) -> torch.Tensor:
+    pred = head(ex.features.to(head.w1))
+    return distill_loss(pred, ex.featured(ex.target).to(pred), cfg)
+
+
+def _rescore_loss(head, ex: Example, cfg: DistillConfig, student=None) -> torch.Tensor:
+    with torch.no_grad():
+        entry = entry_of_every_token(head, ex, student, cfg)
+        grid = newer_by_frame(entry, ex.tokens_per_frame)
+    losses = [distill_loss(head.rescore(*rescore_inputs(entry, grid, t, ex)), tgt.to(entry), cfg)
+              for t, tgt in ex.commits.items()]
+    return torch.stack(losses).mean()
+
+
+def _train(head: SalienceHead, examples: list[Example], cfg: DistillConfig, rank: int, world: int,
+           student=None) -> list[float]:
+    stages = [("entry", cfg.steps, ("w1", "b1", "w2", "b2"), _entry_loss)]
+    if head.rescores:
+        stages.append(("rescore", cfg.rescore_steps, ("r1", "rb1", "r2", "rb2"), _rescore_loss))
+    total = sum(s[1] for s in stages)
+    params = dict(head.named_parameters())
+    opts = [torch.optim.AdamW([params[p] for p in names], lr=cfg.lr, weight_decay=cfg.weight_decay)
+            for _, _, names, _ in stages]
+    scheds = [torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=max(1, s[1])) for o, s in zip(opts, stages)]
     start = 0
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
     ckpt = _checkpoint_path(cfg)
     if cfg.resume and ckpt and os.path.exists(ckpt):
         state = torch.load(ckpt, map_location="cpu", weights_only=True)
         head.load_state_dict(state["head"])
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
+        for o, s, so, ss in zip(opts, scheds, state["opts"], state["scheds"]):
+            o.load_state_dict(so)
+            s.load_state_dict(ss)
         gen.set_state(state["rng"][rank] if world > 1 else state["rng"][0])
         start = int(state["step"])
     losses: list[torch.Tensor] = []
-    end = min(cfg.steps, cfg.stop_at) if cfg.stop_at > 0 else cfg.steps
-    bar = Progress(end - start, "train", rank == 0)
+    end = min(total, cfg.stop_at) if cfg.stop_at > 0 else total
+    bar = tqdm(total=end - start, desc="train", disable=rank != 0)
     for step in range(start, end):
+        stage = 0 if step < cfg.steps else 1
+        _, _, names, loss_fn = stages[stage]
         ex = examples[int(torch.randint(len(examples), (1,), generator=gen))]
-        pred = model(ex.features.to(head.w1)).mean(-1)
-        loss = distill_loss(pred, ex.target.to(pred), cfg)
-        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(head, ex, cfg, student)
         loss.backward()
-        opt.step()
-        sched.step()
+        if world > 1:        # data parallel: average this stage's gradients over the ranks
+            for p in (params[n] for n in names):
+                torch.distributed.all_reduce(p.grad)
+                p.grad /= world
+        opts[stage].step()
+        opts[stage].zero_grad(set_to_none=True)
+        scheds[stage].step()
         losses.append(loss.detach())
+        bar.update()
         if (step + 1) % 25 == 0 or step + 1 == end:      # one host sync per 25 steps
-            bar.update(postfix=f"loss {float(torch.stack(losses[-25:]).mean()):.4f}")
-        else:
-            bar.update()
+            bar.set_postfix(stage=stages[stage][0], loss=f"{float(torch.stack(losses[-25:]).mean()):.4f}")
         if ckpt and ((step + 1) % cfg.ckpt_every == 0 or step + 1 == end):
             rng = [gen.get_state()]
             if world > 1:      # every rank's sampling stream, so a resumed run continues exactly
@@ -313,9 +494,10 @@ def _train(head: SalienceHead, examples: list[Example], cfg: DistillConfig, rank
                 torch.distributed.all_gather(rng, gen.get_state())
             if rank == 0:
                 os.makedirs(cfg.ckpt_dir, exist_ok=True)
-                torch.save({"head": head.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                            "step": step + 1, "rng": rng}, ckpt + ".tmp")
+                torch.save({"head": head.state_dict(), "opts": [o.state_dict() for o in opts],
+                            "scheds": [s.state_dict() for s in scheds], "step": step + 1, "rng": rng}, ckpt + ".tmp")
                 os.replace(ckpt + ".tmp", ckpt)
+    bar.close()
     return [float(v) for v in losses]
 
 
@@ -329,14 +511,12 @@ def distill(cfg: DistillConfig) -> tuple[SalienceHead, dict]:
         cfg = dataclasses.replace(cfg, device=f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
     show = rank == 0
     torch.manual_seed(cfg.seed)
+    cuda = cfg.device.startswith("cuda")
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(cfg.device)
+    clock = {}
+    tick = time.perf_counter()
     student, teacher = load_models(cfg)
-    head_cfg = HeadConfig(num_layers=student.num_layers, dim=student.dim, num_heads=student.num_heads,
-                          patch_size=student.patch_size, input_features=tuple(cfg.input_features),
-                          hidden=cfg.hidden, per_head=cfg.per_head)
-    head = SalienceHead(head_cfg).to(cfg.device)      # same init on every rank (seeded above)
-    untrained = SalienceHead(head_cfg)
-    untrained.load_state_dict(head.state_dict())
-
     if cfg.clips:
         all_clips = read_clips(cfg.clips, student.text_dim)
         if len(all_clips) <= cfg.heldout:
@@ -347,25 +527,55 @@ def distill(cfg: DistillConfig) -> tuple[SalienceHead, dict]:
     else:
         if cfg.rollouts <= cfg.heldout:
             raise ValueError(f"rollouts ({cfg.rollouts}) must exceed heldout ({cfg.heldout})")
+        tick = time.perf_counter()
         heldout_clips = rollout_clips(student, cfg, range(cfg.heldout), show)
         train_clips = rollout_clips(student, cfg, list(range(cfg.heldout, cfg.rollouts))[rank::world], show)
+        clock["rollout_s_per_clip"] = (time.perf_counter() - tick) / max(1, len(heldout_clips) + len(train_clips))
+        if cfg.save_clips and world == 1:
+            from safetensors.torch import save_file
+            every = heldout_clips + train_clips
+            save_file({"latents": torch.cat([c.latents for c in every]).contiguous(),
+                       "context": torch.cat([c.context for c in every]).contiguous()}, cfg.save_clips)
+    frames = heldout_clips[0].latents.shape[2]
+    head_cfg = HeadConfig(num_layers=student.num_layers, dim=student.dim, num_heads=student.num_heads,
+                          patch_size=student.patch_size, input_features=tuple(cfg.input_features),
+                          hidden=cfg.hidden, per_head=cfg.per_head, rescore=cfg.rescore,
+                          rescore_hidden=cfg.rescore_hidden, rescore_inputs=tuple(cfg.rescore_inputs),
+                          age_unit=cfg.age_unit or float(frames))
+    torch.manual_seed(cfg.seed)
+    head = SalienceHead(head_cfg).to(cfg.device)      # same init on every rank
+    untrained = SalienceHead(head_cfg)
+    untrained.load_state_dict(head.state_dict())
+    tick = time.perf_counter()
     train_set = build_examples(student, teacher, train_clips, cfg, head, "targets (train)", show)
-    losses = train(head, train_set, cfg, rank, world)
+    clock["targets_s_per_clip"] = (time.perf_counter() - tick) / max(1, len(train_clips))
+    tick = time.perf_counter()
+    losses = train(head, train_set, cfg, rank, world, student)
+    clock["train_s_per_step"] = (time.perf_counter() - tick) / max(1, len(losses))
 
-    metrics: dict = {"final_loss": sum(losses[-10:]) / max(1, len(losses[-10:])) if losses else None}
+    metrics: dict = {"final_loss": sum(losses[-10:]) / max(1, len(losses[-10:])) if losses else None,
+                     "timing": clock}
     if rank == 0:
         held = build_examples(student, teacher, heldout_clips, cfg, head, "targets (held-out)", show)
-        metrics["pafu_head"] = ranking_metrics(head_scores(head, held), held, cfg.topk)
-        metrics["untrained_head"] = ranking_metrics(head_scores(untrained.to(cfg.device), held), held, cfg.topk)
-        metrics["key_norm"] = ranking_metrics([e.key_norm for e in held], held, cfg.topk)
+        rescoring = head.rescores
+        metrics["pafu_head"] = ranking_metrics([head_lists(head, e, student, cfg) for e in held], cfg.topk)
+        for e in held:            # the untrained head's own entry scores
+            e.entry = None
+        metrics["untrained_head"] = ranking_metrics([head_lists(untrained.to(cfg.device), e, student, cfg)
+                                                     for e in held], cfg.topk)
+        metrics["key_norm"] = ranking_metrics([scorer_lists(lambda e: e.key_norm, e, rescoring) for e in held],
+                                              cfg.topk)
         if cfg.eval_budget > 0:
             metrics["fidelity"] = rollout_fidelity(student, head.eval(), heldout_clips, cfg)
+        if cuda:
+            metrics["timing"]["peak_gib"] = torch.cuda.max_memory_allocated(cfg.device) / 2**30
         head.config.training = {
             "teacher": cfg.teacher or cfg.student or "tiny-random", "student": cfg.student or "tiny-random",
             "data": {"clips": cfg.clips or "self-generated rollouts", "train_clips": len(train_clips) * world,
                      "heldout_clips": len(heldout_clips), "rollout_frames": cfg.rollout_frames,
-                     "rollout_window": cfg.rollout_window},
-            "sse": cfg.sse().to_dict(), "steps": cfg.steps, "seed": cfg.seed, "lr": cfg.lr,
+                     "rollout_window": cfg.rollout_window, "contexts": cfg.contexts},
+            "targets": cfg.targets or "custom", "sse": cfg.sse().to_dict(), "steps": cfg.steps,
+            "rescore_steps": cfg.rescore_steps if cfg.rescore else 0, "seed": cfg.seed, "lr": cfg.lr,
             "world_size": world, "eval": metrics, **({"notes": cfg.extra} if cfg.extra else {}),
         }
         if cfg.out:
@@ -385,6 +595,8 @@ def format_metrics(metrics: dict) -> str:
                         f"{m['topk_recall']:>7.3f} ±{m['topk_recall_std']:.3f}")
     for k, v in metrics.get("fidelity", {}).items():
         rows.append(f"{k:>32}: {v:.2f} dB")
+    for k, v in metrics.get("timing", {}).items():
+        rows.append(f"{k:>32}: {v:.3f}")
     return "\n".join(rows)
 
 

@@ -38,12 +38,22 @@ def rope_angles(head_dim: int, frame_ids: torch.Tensor, height: int, width: int,
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate consecutive pairs of x [B, S, H, D] by angles given as cos/sin [S, D/2] (fp32 math)."""
-    xf = x.to(torch.float32).unflatten(-1, (-1, 2))
-    x0, x1 = xf[..., 0], xf[..., 1]
-    c, s = cos[:, None, :], sin[:, None, :]
-    out = torch.stack((x0 * c - x1 * s, x0 * s + x1 * c), dim=-1)
-    return out.flatten(-2).to(x.dtype)
+    """Rotate consecutive pairs of x [B, S, H, D] by angles given as cos/sin [S, D/2], in x's dtype.
+
+    At inference it writes straight into one output buffer (four multiply-adds on strided views): no
+    stack, no cat, no round trip through float32. Training (autograd) takes the functional form."""
+    pairs = x.unflatten(-1, (-1, 2))
+    x0, x1 = pairs.unbind(-1)
+    c, s = cos.to(x.dtype)[:, None, :], sin.to(x.dtype)[:, None, :]
+    if torch.is_grad_enabled() and (x.requires_grad or c.requires_grad):
+        return torch.stack((x0 * c - x1 * s, x0 * s + x1 * c), dim=-1).flatten(-2)
+    out = torch.empty_like(pairs)
+    even, odd = out.unbind(-1)
+    torch.mul(x0, c, out=even)
+    even.addcmul_(x1, s, value=-1)
+    torch.mul(x0, s, out=odd)
+    odd.addcmul_(x1, c)
+    return out.flatten(-2)
 
 
 class TorchOps:
@@ -63,18 +73,14 @@ class TorchOps:
         return out.transpose(1, 2).flatten(2)
 
     def rope_freqs(self, model, frame_start: int, grid: tuple[int, int, int],
-                   device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+                   device: torch.device, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos / sin [tokens, head_dim / 2], in ``dtype`` (the compute dtype: cast once per chunk)."""
         f, h, w = grid
         head_dim = model.dim // model.num_heads
         frames = torch.arange(frame_start, frame_start + f, device=device)
         angles = rope_angles(head_dim, frames, h, w)
-        return torch.cos(angles), torch.sin(angles)
+        return torch.cos(angles).to(dtype or angles.dtype), torch.sin(angles).to(dtype or angles.dtype)
 
     def apply_rope(self, x: torch.Tensor, freqs) -> torch.Tensor:
         cos, sin = freqs
         return apply_rope(x, cos, sin)
-
-    def unrope(self, x: torch.Tensor, freqs) -> torch.Tensor:
-        """Undo ``apply_rope`` (the salience head reads keys as they were before RoPE)."""
-        cos, sin = freqs
-        return apply_rope(x, cos, -sin)

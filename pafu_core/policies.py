@@ -2,8 +2,11 @@
 
 The cache (``cache.py``) owns the mechanics: it protects the newest chunk and sink frames, keeps
 the top-``budget`` scores and frees the rest. A policy either scores tokens once, when they enter
-the cache (``scores_on_entry``; the score is stored with the token), or rescores every live token
-after each chunk (attention mass, which keeps accumulating). Every policy sees the same tensors.
+the cache (``scores_on_entry``; the score is stored with the token), or re-scores every live token
+after each chunk. It may read the entering tokens' features layer by layer during the
+cache-writing pass (``entry_features``, keys before RoPE) and keep a few channels of per-token
+state in the cache (``state_channels``), which move with the tokens. Every policy sees the same
+tensors; none of them reads the cached K/V.
 """
 
 from __future__ import annotations
@@ -22,8 +25,15 @@ class Policy:
     needs_attention_mass: bool = False
     #: sink+window makes no sense without sink frames; the cache refuses sink_frames=0 for it.
     requires_sink: bool = False
-    #: what the entering tokens must expose: subset of {"keys", "values", "hidden"}
+    #: features of the entering tokens read during the writing pass: subset of {"keys", "values", "hidden"}
     entry_features: frozenset = frozenset()
+    #: per-token channels kept in the cache: "entry" receives ``entry_scores``, "mass" the attention mass
+    state_channels: tuple[str, ...] = ()
+
+    def entry_scores(self, layer: int, keys, values, hidden) -> torch.Tensor:
+        """One layer's entering tokens: keys [B, S, H, D] before RoPE, values [B, S, H, D], hidden
+        [B, S, dim] -> [B, S], stored in the "entry" channel."""
+        raise NotImplementedError
 
     def score(self, view) -> torch.Tensor:
         """[layers, B, S] scores of the entering tokens (or [layers, B, N] of all live tokens)."""
@@ -66,20 +76,24 @@ class AttentionMass(Policy):
     name = "attention_mass"
     scores_on_entry = False
     needs_attention_mass = True
+    state_channels = ("mass",)
 
     def score(self, view) -> torch.Tensor:
-        return view.attention_mass
+        return view.state("mass")
 
 
 class KeyNorm(Policy):
-    """Keeps low-L2-norm keys (they tend to draw attention; Devoto et al. 2024). RoPE is a
-    rotation, so the roped key's norm equals the raw one's."""
+    """Keeps low-L2-norm keys (they tend to draw attention; Devoto et al. 2024)."""
 
     name = "key_norm"
+    entry_features = frozenset({"keys"})
+    state_channels = ("entry",)
+
+    def entry_scores(self, layer, keys, values, hidden) -> torch.Tensor:
+        return -torch.linalg.vector_norm(keys.to(torch.float32), dim=-1).mean(dim=-1)
 
     def score(self, view) -> torch.Tensor:
-        keys = view.keys[:, :, view.start:view.end].to(torch.float32)
-        return -torch.linalg.vector_norm(keys, dim=-1).mean(dim=-1)
+        return view.entering_state("entry")
 
 
 @dataclass
@@ -103,50 +117,79 @@ class SalienceScorer(Protocol):
     """What a learned salience head offers the cache (implemented in ``salience.py``)."""
 
     input_features: tuple[str, ...]
+    rescores: bool
 
-    def score_tokens(self, keys: torch.Tensor | None, values: torch.Tensor | None,
-                     hidden: torch.Tensor | None) -> torch.Tensor:
-        """keys/values [layers, B, S, H, D] (keys before RoPE), hidden [layers, B, S, dim]
-        -> salience [layers, B, S]."""
+    def entry_scores(self, layer: int, keys, values, hidden) -> torch.Tensor:
+        """One layer's entering tokens -> [B, S] entry salience."""
+        ...
+
+    def rescore(self, entry: torch.Tensor, newer: torch.Tensor, age: torch.Tensor) -> torch.Tensor:
+        """[layers, ..., N] entry salience, the highest entry salience that reached the token's place
+        since it entered, its age in frames -> [layers, ..., N] salience now."""
+        ...
+
+    def recency(self) -> float:
         ...
 
 
-class PaFuSalience(Policy):
-    """PaFu-KV: a distilled per-layer salience head scores each token once, as it enters.
+def newer_at_place(view) -> torch.Tensor:
+    """Update and return the "newer" channel: for every live token, the highest entry score of the
+    tokens that entered at its place (same patch position) after it; -inf while none has.
 
-    ``recency`` (salience units per latent frame, default 0 = the paper's pure salience) adds the
-    token's frame index to its score, so that among equally salient tokens the newer ones stay: a
-    token older by 1/recency frames must be predicted 1 unit more salient to be kept instead.
-    """
+    Incremental: the entering chunk raises the channel of older tokens at its places (one gather),
+    and within the chunk a reverse running max over its frames."""
+    entry, newer = view.state("entry"), view.state("newer")
+    tpf, n = view.tokens_per_frame, view.start
+    layers, b = entry.shape[:2]
+    fresh = view.entering_state("entry").reshape(layers, b, -1, tpf)          # [L, B, frames, places]
+    if n:
+        best = fresh.amax(dim=2).gather(-1, view.place[:, :, :n].long())
+        torch.maximum(newer[:, :, :n], best, out=newer[:, :, :n])
+    later = fresh.flip(2).cummax(dim=2).values.flip(2)                         # max over frames >= f
+    tail = torch.full_like(later[:, :, :1], float("-inf"))
+    newer[:, :, n:] = torch.cat([later[:, :, 1:], tail], dim=2).flatten(2)
+    return newer
+
+
+class PaFuSalience(Policy):
+    """PaFu-KV: a distilled per-layer salience head scores each token as it enters the cache; a
+    re-scoring head then re-ranks every live token after each chunk from its entry salience, its age
+    and the newest salience seen at its place, so a token that a newer view has replaced can go.
+
+    Everything is the head's: its features, whether it re-scores, and any fixed recency term (salience
+    units per latent frame, saved in the head file)."""
 
     name = "pafu"
 
-    def __init__(self, head: SalienceScorer, recency: float = 0.0):
-        if recency < 0:
-            raise ValueError(f"recency must be >= 0, got {recency}")
+    def __init__(self, head: SalienceScorer):
         self.head = head
-        self.recency = recency
         self.entry_features = frozenset(head.input_features)
+        self.scores_on_entry = not head.rescores
+        self.state_channels = ("entry", "newer") if head.rescores else ("entry",)
+
+    def entry_scores(self, layer, keys, values, hidden) -> torch.Tensor:
+        return self.head.entry_scores(layer, keys, values, hidden)
 
     def score(self, view) -> torch.Tensor:
-        feats = self.entry_features
-        scores = self.head.score_tokens(
-            view.entering_keys if "keys" in feats else None,
-            view.entering_values if "values" in feats else None,
-            view.entering_hidden if "hidden" in feats else None)
-        if self.recency:
-            scores = scores + self.recency * view.entering_frame_index.to(scores.dtype)
-        return scores
+        if not self.head.rescores:
+            scores = view.entering_state("entry")
+            recency = self.head.recency()
+            return scores + recency * view.entering_frame_index.to(scores.dtype) if recency else scores
+        newer = newer_at_place(view)
+        entry = view.state("entry")
+        newer = torch.where(torch.isfinite(newer), newer, entry)     # nothing newer: neutral
+        age = (view.newest_frame - view.frame_index).to(torch.float32)
+        return self.head.rescore(entry, newer, age)
 
     def describe(self) -> str:
-        return f"pafu+recency {self.recency:.3g}" if self.recency else "pafu"
+        return "pafu (re-scoring)" if self.head.rescores else "pafu"
 
 
 POLICY_NAMES = ("keep_all", "fifo", "sink_window", "attention_mass", "key_norm", "random", "pafu")
 
 
-def make_policy(name: str, head: SalienceScorer | None = None, seed: int = 0, recency: float = 0.0) -> Policy:
-    """Build a policy by name; ``pafu`` needs a salience head (``recency``: see PaFuSalience)."""
+def make_policy(name: str, head: SalienceScorer | None = None, seed: int = 0) -> Policy:
+    """Build a policy by name; ``pafu`` needs a salience head."""
     simple = {"keep_all": KeepAll, "fifo": FifoWindow, "sink_window": SinkWindow,
               "attention_mass": AttentionMass, "key_norm": KeyNorm}
     if name in simple:
@@ -156,5 +199,5 @@ def make_policy(name: str, head: SalienceScorer | None = None, seed: int = 0, re
     if name == "pafu":
         if head is None:
             raise ValueError("policy 'pafu' needs a salience head (load one with load_head)")
-        return PaFuSalience(head, recency=recency)
+        return PaFuSalience(head)
     raise ValueError(f"unknown policy {name!r}; choose one of {', '.join(POLICY_NAMES)}")

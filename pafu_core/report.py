@@ -30,6 +30,7 @@ class CacheReport:
     num_layers: int
     total_frames: int
     grid_hw: tuple[int, int] = (0, 0)          # tokens per frame as (rows, columns)
+    sink_frames: int = 0                       # first frames the cache protects (sinks, an I2V start)
     chunks: list[ChunkStats] = field(default_factory=list)
     kept_frames: torch.Tensor | None = None
     final_kept: torch.Tensor | None = None     # [layers, total tokens] bool at the end of the rollout
@@ -48,11 +49,16 @@ class CacheReport:
             return f"{self.policy}: no chunks generated"
         budget_frames = self.budget_tokens / self.tokens_per_frame
         policy_share = sum(c.policy_ms for c in self.chunks) / max(1e-9, sum(c.chunk_ms for c in self.chunks))
+        sinks = ""
+        if self.sink_frames and self.final_kept is not None:
+            first = self.final_kept[:, :self.sink_frames * self.tokens_per_frame]
+            sinks = (f"; first {self.sink_frames} frame(s) {'all held' if bool(first.all()) else 'NOT all held'} "
+                     "at the end (protected)")
         return (f"policy {self.policy}: {len(self.chunks)} chunks, {self.total_frames} latent frames; "
                 f"budget {self.budget_tokens} tokens/layer ({budget_frames:.2f} frames); "
-                f"kept {last.tokens_per_layer} tokens/layer; cache {last.cache_bytes / 2**20:.2f} MiB "
-                f"(peak {self.peak_cache_bytes / 2**20:.2f} MiB); mean chunk {self.mean_chunk_ms:.1f} ms, "
-                f"policy share {100 * policy_share:.2f}%")
+                f"kept {last.tokens_per_layer} tokens/layer; K/V held {last.kv_bytes / 2**20:.2f} MiB, cache owns "
+                f"{last.cache_bytes / 2**20:.2f} MiB (peak {self.peak_cache_bytes / 2**20:.2f} MiB); mean chunk "
+                f"{self.mean_chunk_ms:.1f} ms, policy share {100 * policy_share:.2f}%{sinks}")
 
     def to_dict(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("kept_frames", "final_kept")}

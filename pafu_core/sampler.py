@@ -11,6 +11,7 @@ rollouts under different policies are directly comparable.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -49,10 +50,13 @@ def validate_timesteps(timesteps) -> None:
     ts = list(timesteps)
     if not ts:
         raise ValueError("timesteps is empty: give at least one denoising timestep, e.g. 1000,750,500,250")
-    if any(not (0 < t <= 1000) for t in ts):
+    if any(not (0 < t <= 1000) for t in ts):      # NaN fails this too
         raise ValueError(f"timesteps must lie in (0, 1000], got {ts}")
     if any(a <= b for a, b in zip(ts, ts[1:])):
         raise ValueError(f"timesteps must be strictly decreasing, got {ts}")
+
+
+NOISE_STREAMS = ("pafu", "comfy_ar")
 
 
 @dataclass(frozen=True)
@@ -62,14 +66,20 @@ class SamplerConfig:
     shift: float = 5.0
     context_timestep: float = 0.0
     seed: int = 0
+    #: "pafu": every draw from one CPU generator seeded once (the same noise for every policy);
+    #: "comfy_ar": ComfyUI core's ar_video convention (re-noise of chunk c, step i seeded seed + 1000 c + i
+    #: on the global RNG), so the same seed gives core's latents
+    noise: str = "pafu"
 
     def __post_init__(self):
         if not isinstance(self.chunk_frames, int) or self.chunk_frames < 1:
             raise ValueError(f"chunk_frames must be a positive integer, got {self.chunk_frames!r}")
         object.__setattr__(self, "timesteps", tuple(float(t) for t in self.timesteps))
         validate_timesteps(self.timesteps)
-        if not self.shift > 0:
-            raise ValueError(f"shift must be positive, got {self.shift}")
+        if not (self.shift > 0 and math.isfinite(self.shift)):
+            raise ValueError(f"shift must be a positive finite number, got {self.shift}")
+        if self.noise not in NOISE_STREAMS:
+            raise ValueError(f"noise must be one of {', '.join(NOISE_STREAMS)}, got {self.noise!r}")
         if not 0 <= self.context_timestep < 1000:
             raise ValueError(f"context_timestep must lie in [0, 1000), got {self.context_timestep}")
 
@@ -90,11 +100,28 @@ ChunkCallback = Callable[[ChunkStats, torch.Tensor], None]  # (stats, clean chun
 
 def build_cache(runner: WanChunkRunner, policy: Policy, budget: CacheBudget | None, *, batch: int,
                 tokens_per_frame: int, chunk_frames: int, total_frames: int,
-                device: torch.device) -> KVCache:
+                device: torch.device, storage: str = "model", max_bytes: int | None = None) -> KVCache:
     return KVCache(num_layers=runner.num_layers, batch=batch, num_heads=runner.num_heads,
                    head_dim=runner.head_dim, tokens_per_frame=tokens_per_frame,
                    chunk_frames=chunk_frames, total_frames=total_frames, policy=policy,
-                   budget=budget, device=device, dtype=runner.dtype, hidden_dim=runner.dim)
+                   budget=budget, device=device, dtype=runner.dtype, storage=storage, max_bytes=max_bytes)
+
+
+def device_memory_limit(device: torch.device) -> int | None:
+    """Bytes a new cache may take on ``device``: free GPU memory, or available host RAM."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as fh:
+            info = dict(line.split(":", 1) for line in fh)
+        return int(info["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+NONFINITE_HELP = ("the model produced NaN or infinite values at chunk {chunk}; likely causes: a checkpoint "
+                  "with NaN/inf weights, a non-finite or extreme cfg, or a corrupt salience head. "
+                  "Stopped instead of returning a black video.")
 
 
 def check_inputs(runner: WanChunkRunner, context: torch.Tensor, noise: torch.Tensor) -> None:
@@ -121,14 +148,19 @@ def sample_video(runner: WanChunkRunner, context: torch.Tensor, *, num_frames: i
                  device: torch.device | str | None = None, noise: torch.Tensor | None = None,
                  step_callback: StepCallback | None = None,
                  chunk_callback: ChunkCallback | None = None,
-                 negative: torch.Tensor | None = None, cfg: float = 1.0) -> SampleResult:
+                 negative: torch.Tensor | None = None, cfg: float = 1.0, kv_storage: str = "model",
+                 max_cache_bytes: int | None = None) -> SampleResult:
     """Generate ``num_frames`` latent frames chunk by chunk.
 
     ``noise`` (optional) fixes the initial noise [B, C, F, H, W]; otherwise it is drawn from the
     seeded generator. With ``cfg`` != 1 the ``negative`` conditioning runs as a second half of the
     batch with its own cache rows (classifier-free guidance, for models not distilled without it).
-    Callbacks may raise to interrupt; the cache is freed either way.
+    Callbacks may raise to interrupt; the cache is freed either way. The cache is sized before it
+    is allocated and refused when it exceeds ``max_cache_bytes`` (default: what the device has
+    free), with the budget that would fit.
     """
+    if not math.isfinite(cfg):
+        raise ValueError(f"cfg must be a finite number, got {cfg}")
     device = torch.device(device) if device is not None else context.device
     gen = torch.Generator("cpu").manual_seed(config.seed)
     if noise is None:
@@ -145,12 +177,16 @@ def sample_video(runner: WanChunkRunner, context: torch.Tensor, *, num_frames: i
         raise ValueError("num_frames must be at least 1")
     tokens_per_frame = runner.tokens_per_frame(height, width)
     chunk_frames = min(config.chunk_frames, num_frames)
+    if max_cache_bytes is None:
+        max_cache_bytes = device_memory_limit(device)
     cache = build_cache(runner, policy, budget, batch=rows, tokens_per_frame=tokens_per_frame,
-                        chunk_frames=chunk_frames, total_frames=num_frames, device=device)
+                        chunk_frames=chunk_frames, total_frames=num_frames, device=device,
+                        storage=kv_storage, max_bytes=max_cache_bytes)
     report = CacheReport(policy=policy.describe(), budget_tokens=cache.budget_tokens,
                          tokens_per_frame=tokens_per_frame, num_layers=runner.num_layers,
                          total_frames=num_frames,
-                         grid_hw=(height // runner.patch_size[1], width // runner.patch_size[2]))
+                         grid_hw=(height // runner.patch_size[1], width // runner.patch_size[2]),
+                         sink_frames=cache.sink_frames)
     sigmas = config.sigmas
     latents = torch.empty(noise.shape, dtype=torch.float32, device=device)
     kept = []
@@ -189,14 +225,23 @@ def sample_video(runner: WanChunkRunner, context: torch.Tensor, *, num_frames: i
                         step_callback(chunk, step, x0)
                     if step + 1 < len(sigmas):
                         nxt = sigmas[step + 1]
-                        x = (1 - nxt) * x0 + nxt * torch.randn(x0.shape, generator=gen).to(device)
+                        if config.noise == "comfy_ar":
+                            torch.manual_seed(config.seed + chunk * 1000 + step)
+                            fresh = torch.randn_like(x0)
+                        else:
+                            fresh = torch.randn(x0.shape, generator=gen).to(device)
+                        x = (1 - nxt) * x0 + nxt * fresh
                 s_ctx = config.context_timestep / 1000.0
                 x_ctx = x0 if s_ctx == 0 else (1 - s_ctx) * x0 + s_ctx * torch.randn(x0.shape, generator=gen).to(device)
                 t_ctx = torch.full((batch, f1 - f0), config.context_timestep, device=device)
                 predict(x_ctx, t_ctx, f0, write=True)
                 latents[:, :, f0:f1] = x0
                 kept.append(cache.kept_frame_counts(num_frames))
+                finite = torch.isfinite(x0).all()
                 synchronize(device)           # ... and ends on one: one sync per chunk
+                if not finite:
+                    raise FloatingPointError(NONFINITE_HELP.format(chunk=chunk))
+                cache.take_nonfinite()
 
                 stats = ChunkStats(chunk=chunk, frame_start=f0, frames=f1 - f0,
                                    tokens_per_layer=cache.length, kv_bytes=cache.kv_bytes_held(),

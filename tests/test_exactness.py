@@ -84,3 +84,59 @@ def test_budgeted_rollout_diverges_from_keep_all_only_after_eviction(runner, con
     # chunks 0 and 1 see the same context (nothing evicted before chunk 1 is generated)
     assert torch.allclose(full[:, :, :6], fifo[:, :, :6], atol=1e-5)
     assert not torch.allclose(full[:, :, 6:], fifo[:, :, 6:], atol=1e-3)
+
+
+def test_budgeted_rollout_equals_full_forward_masked_to_the_kept_tokens(runner, context):
+    """After evictions, every chunk attended to exactly what the cache kept: a FIFO rollout (with sink)
+    equals one full forward whose mask gives every chunk the tokens kept when it was generated."""
+    chunk, frames, tpf = 2, 10, 16
+    cfg = SamplerConfig(chunk_frames=chunk, timesteps=(1000.0,), seed=3)
+    kept_at = {}          # chunk -> global token ids kept in layer 0, batch 0 when it was generated
+
+    def record(stats, x0):
+        kept_at[stats.chunk + 1] = set(sample.cache.token_index[0, 0, :sample.cache.length].tolist())
+
+    import pafu_core.sampler as sampler_mod
+    real_build = sampler_mod.build_cache
+
+    class sample:            # captures the cache the sampler builds
+        cache = None
+
+    def spy(*a, **kw):
+        sample.cache = real_build(*a, **kw)
+        return sample.cache
+
+    sampler_mod.build_cache = spy
+    try:
+        res = sample_video(runner, context, num_frames=frames, height=H, width=W, policy=make_policy("sink_window"),
+                           budget=CacheBudget(5, sink_frames=1), config=cfg, chunk_callback=record)
+    finally:
+        sampler_mod.build_cache = real_build
+    kept_at[0] = set()
+    assert any(c.evicted for c in res.report.chunks)
+    noise = torch.randn(1, 16, frames, H, W, generator=torch.Generator().manual_seed(cfg.seed))
+    clean = res.latents
+    n = frames * tpf
+    # rows/keys: [clean tokens | noisy tokens]; a clean chunk is the cache-writing pass, a noisy one the
+    # denoising pass; both see the tokens kept before that chunk, and their own chunk
+    mask = torch.zeros(2 * n, 2 * n, dtype=torch.bool)
+    for c in range(frames // chunk):
+        rows = slice(c * chunk * tpf, (c + 1) * chunk * tpf)
+        kept = torch.tensor(sorted(kept_at[c]), dtype=torch.long)
+        for half in (0, n):
+            r = slice(rows.start + half, rows.stop + half)
+            mask[r, kept] = True
+            mask[r, rows.start + half:rows.stop + half] = True
+    seq = torch.cat([clean, noise], dim=2)
+    t = torch.cat([torch.zeros(1, frames), torch.full((1, frames), 1000.0)], dim=1)
+    from pafu_core.ops import rope_angles
+    with torch.no_grad():
+        tokens, grid = runner.patchify(seq)
+        e, e0 = runner.embed_time(t)
+        angles = rope_angles(runner.head_dim, torch.arange(frames), H // 2, W // 2)
+        freqs = (torch.cat([torch.cos(angles)] * 2), torch.cat([torch.sin(angles)] * 2))
+        cross = runner.cross_kv(runner.embed_text(context))
+        out = runner.run_blocks(tokens, e0, 2 * frames, freqs, cross,
+                                lambda i, q, k, v, h, k_raw: runner.ops.attention(q, k, v, mask))
+        flow = runner.unpatchify(runner.final_head(out[:, n:], e[:, frames:], frames), (frames, H // 2, W // 2))
+    assert torch.allclose(clean, noise - flow, atol=1e-4), (clean - (noise - flow)).abs().max()

@@ -46,15 +46,54 @@ def test_attention_mass_accumulates_and_keeps_heavy_hitters():
     masses = [torch.tensor([[1.0, 5.0]]), torch.tensor([[1.0, 1.0, 0.5, 3.0]]),
               torch.tensor([[0.0, 0.0, 0.0, 0.0, 1.0, 1.0]])]
     for f, mass in enumerate(masses):
-        cache.open_chunk(f, 1)
+        cache.open_chunk(f, 1, write=True)
         k = torch.full((1, 2, 1, 4), float(f))
         cache.stage(0, k, k)
         cache.add_attention_mass(0, mass)
         cache.commit()
     # totals: frame0 tokens (2, 6), frame1 (0.5, 3), frame2 (1, 1) protected -> keep 6 and 3
-    held = sorted(cache.attention_mass[0, 0, :cache.length].tolist())
+    held = sorted(cache.state[0, 0, :cache.length, 0].tolist())
     assert held == [1.0, 1.0, 3.0, 6.0]
     assert sorted(cache.frame_index[0, 0, :cache.length].tolist()) == [0, 1, 2, 2]
+
+
+def test_attention_mass_follows_tokens_across_slot_reuse():
+    """Brute force over several layers and batch rows: a slot freed by eviction and reused by a new
+    token starts from zero mass, and a moved token keeps its own accumulated mass."""
+    from pafu_core.cache import KVCache
+    layers, batch, tpf, chunk = 3, 2, 3, 1
+    cache = KVCache(num_layers=layers, batch=batch, num_heads=1, head_dim=2, tokens_per_frame=tpf,
+                    chunk_frames=chunk, total_frames=14, policy=make_policy("attention_mass"),
+                    budget=CacheBudget(3))
+    gen = torch.Generator().manual_seed(0)
+    truth = [[{} for _ in range(batch)] for _ in range(layers)]        # token id -> accumulated mass
+    for f in range(14):
+        cache.open_chunk(f, chunk, write=True)
+        end = cache.length + tpf
+        for layer in range(layers):
+            k = torch.randn(batch, tpf, 1, 2, generator=gen)
+            cache.stage(layer, k, k)
+            mass = torch.rand(batch, end, generator=gen)
+            cache.add_attention_mass(layer, mass)
+            for b in range(batch):
+                ids = cache.token_index[layer, b, :cache.length].tolist() + list(range(f * tpf, (f + 1) * tpf))
+                for slot, tok in enumerate(ids):
+                    truth[layer][b][tok] = truth[layer][b].get(tok, 0.0) + float(mass[b, slot])
+        cache.commit()
+        for layer in range(layers):
+            for b in range(batch):
+                held = cache.token_index[layer, b, :cache.length].tolist()
+                got = cache.state[layer, b, :cache.length, 0].tolist()
+                assert got == pytest.approx([truth[layer][b][t] for t in held], rel=1e-5), (f, layer, b)
+                # the heaviest older tokens are the ones kept (the newest frame is protected)
+                older = sorted((m for t, m in truth[layer][b].items() if t < f * tpf), reverse=True)
+                kept = sorted((truth[layer][b][t] for t in held if t < f * tpf), reverse=True)
+                assert kept == pytest.approx(older[:len(kept)])
+        # evicted tokens are gone for good: forget them in the brute force
+        for layer in range(layers):
+            for b in range(batch):
+                held = set(cache.token_index[layer, b, :cache.length].tolist())
+                truth[layer][b] = {t: m for t, m in truth[layer][b].items() if t in held}
 
 
 def test_key_norm_prefers_low_norm_keys():
@@ -63,9 +102,10 @@ def test_key_norm_prefers_low_norm_keys():
                     total_frames=4, policy=make_policy("key_norm"), budget=CacheBudget(2))
     norms = [5.0, 1.0, 3.0, 0.5, 4.0, 2.0, 9.0, 9.0]
     for f in range(4):
-        cache.open_chunk(f, 1)
+        cache.open_chunk(f, 1, write=True)
         k = torch.tensor(norms[2 * f:2 * f + 2]).view(1, 2, 1, 1).expand(1, 2, 2, 4) / 2.0
         cache.stage(0, k, k)
+        cache.enter(0, k, k, None)
         cache.commit()
     held = sorted(cache.kv[0, 0, 0, :cache.length, 0, 0].mul(2).tolist())
     assert held == [0.5, 1.0, 9.0, 9.0]
@@ -84,17 +124,23 @@ def test_policy_names():
         make_policy("lru")
 
 
+
+
 class RecordingHead:
     """Stands in for the learned head: records what it is given, scores by a fixed rule."""
 
     input_features = ("keys", "values", "hidden")
+    rescores = False
 
     def __init__(self):
-        self.calls = []
+        self.calls = {}
 
-    def score_tokens(self, keys, values, hidden):
-        self.calls.append((keys.clone(), values.clone(), hidden.clone()))
+    def entry_scores(self, layer, keys, values, hidden):
+        self.calls[layer] = (keys.clone(), values.clone(), hidden.clone())
         return keys.float().mean(dim=(-1, -2))
+
+    def recency(self):
+        return 0.0
 
 
 def test_salience_slot_gets_pre_rope_keys_values_and_hidden(runner, context):
@@ -114,9 +160,61 @@ def test_salience_slot_gets_pre_rope_keys_values_and_hidden(runner, context):
     finally:
         for h in hooks:
             h.remove()
-    keys, values, hidden = head.calls[-1]
-    assert keys.shape == (runner.num_layers, 1, 32, runner.num_heads, runner.head_dim)
-    assert hidden.shape == (runner.num_layers, 1, 32, runner.dim)
     for i in range(runner.num_layers):
-        assert torch.allclose(keys[i, 0].flatten(-2), captured[i][0], atol=1e-5)
-    assert torch.equal(values, cache.kv[:, 1, :, :32])
+        keys, values, hidden = head.calls[i]
+        assert keys.shape == (1, 32, runner.num_heads, runner.head_dim) and hidden.shape == (1, 32, runner.dim)
+        assert torch.allclose(keys[0].flatten(-2), captured[i][0], atol=1e-5)
+        assert torch.equal(values, cache.kv[i, 1, :, :32])
+        assert torch.allclose(cache.state[i, 0, :32, 0], keys.float().mean(dim=(-1, -2))[0])
+
+
+def test_newer_at_place_channel_equals_brute_force():
+    """The re-scorer's "newer" input: the highest entry score that reached a token's place after it."""
+    from pafu_core.cache import KVCache
+
+    class Rescoring:
+        input_features = ("keys",)
+        rescores = True
+
+        def entry_scores(self, layer, keys, values, hidden):
+            return keys[..., 0, 0]
+
+        def rescore(self, entry, newer, age):
+            self.last = (entry.clone(), newer.clone(), age.clone())
+            return entry - 0.01 * age
+
+        def recency(self):
+            return 0.0
+
+    head = Rescoring()
+    tpf, chunk = 3, 2
+    cache = KVCache(num_layers=2, batch=2, num_heads=1, head_dim=2, tokens_per_frame=tpf, chunk_frames=chunk,
+                    total_frames=16, policy=PaFuSalience(head), budget=CacheBudget(5))
+    gen = torch.Generator().manual_seed(1)
+    entry = {}                                           # (layer, b, token) -> entry score
+    for c in range(8):
+        cache.open_chunk(c * chunk, chunk, write=True)
+        for layer in range(2):
+            k = torch.randn(2, chunk * tpf, 1, 2, generator=gen)
+            cache.stage(layer, k, k)
+            cache.enter(layer, k, k, None)
+            for b in range(2):
+                for i in range(chunk * tpf):
+                    entry[layer, b, c * chunk * tpf + i] = float(k[b, i, 0, 0])
+        n = cache.length
+        tokens = torch.cat([cache.token_index[:, :, :n],
+                            torch.arange(c * chunk * tpf, (c + 1) * chunk * tpf).expand(2, 2, -1).int()], dim=-1)
+        cache.commit()
+        e, newer, age = head.last
+        newest = (c + 1) * chunk - 1
+        checked = 0
+        for layer in range(2):
+            for b in range(2):
+                for slot, tok in enumerate(tokens[layer, b].tolist()):
+                    f, p = divmod(tok, tpf)
+                    later = [entry[layer, b, g * tpf + p] for g in range(f + 1, newest + 1)]
+                    want = max(later) if later else entry[layer, b, tok]      # nothing newer: neutral
+                    assert float(newer[layer, b, slot]) == pytest.approx(want), (c, layer, b, tok)
+                    assert int(age[layer, b, slot]) == newest - f
+                    checked += 1
+        assert checked == 4 * tokens.shape[-1]
