@@ -7,13 +7,14 @@ from comfy_api.latest import ComfyExtension, io
 from . import paths
 from .ar_loader import PaFuARCheckpointLoader
 from .cache_budget import PaFuKVCacheBudget
+from .cache_patch import PaFuKVCachePatch
 from .head_loader import PaFuSalienceHeadLoader
 from .report import PaFuCacheReport
 from .sampler import PaFuARChunkSampler
-from .tiny_world import PaFuTinyWorldDecode, PaFuTinyWorldModel, PaFuTinyWorldScene
+from .tiny_world import PaFuTinyWorldDecode, PaFuTinyWorldModel, PaFuTinyWorldScene, PaFuTinyWorldStart
 
-NODES = [PaFuSalienceHeadLoader, PaFuKVCacheBudget, PaFuARChunkSampler, PaFuCacheReport,
-         PaFuARCheckpointLoader, PaFuTinyWorldModel, PaFuTinyWorldScene, PaFuTinyWorldDecode]
+NODES = [PaFuSalienceHeadLoader, PaFuKVCacheBudget, PaFuARChunkSampler, PaFuKVCachePatch, PaFuCacheReport,
+         PaFuARCheckpointLoader, PaFuTinyWorldModel, PaFuTinyWorldScene, PaFuTinyWorldStart, PaFuTinyWorldDecode]
 
 
 class PaFuExtension(ComfyExtension):

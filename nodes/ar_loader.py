@@ -11,7 +11,7 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
-from ..pafu_core.wan import read_state_dict, strip_checkpoint_prefixes
+from ..pafu_core.wan import check_wan_state_dict, read_state_dict, strip_checkpoint_prefixes
 
 DTYPES = {"default": None, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -38,9 +38,7 @@ class PaFuARCheckpointLoader(io.ComfyNode):
     def execute(cls, ckpt_name, weight_dtype="default") -> io.NodeOutput:
         path = folder_paths.get_full_path_or_raise("diffusion_models", ckpt_name)
         sd = strip_checkpoint_prefixes(read_state_dict(path))
-        if "head.modulation" not in sd:
-            raise ValueError(f"{ckpt_name} is not a Wan 2.1 checkpoint (no head.modulation after stripping "
-                             "training prefixes)")
+        check_wan_state_dict(sd, ckpt_name)        # readable refusals before ComfyUI's detection sees it
         options = {"dtype": DTYPES[weight_dtype]} if DTYPES[weight_dtype] is not None else {}
         model = comfy.sd.load_diffusion_model_state_dict(sd, model_options=options)
         if model is None:

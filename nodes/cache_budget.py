@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..pafu_core.cache import REFERENCE_FRAMES
+from ..pafu_core.cache import KV_STORAGE, REFERENCE_FRAMES
 from ..pafu_core.policies import POLICY_NAMES
-from ..pafu_core.settings import BUDGET_UNITS, CacheSettings
+from ..pafu_core.settings import BUDGET_UNITS, CacheSettings, finite
 from ..pafu_core.wan import WAN21_1_3B
 from .types import PafuCache
 
-POLICY_HELP = ("pafu: learned salience head (connect a head to the sampler). keep_all: no eviction, memory grows "
+POLICY_HELP = ("pafu: learned salience head (connect a head to the sampler or patch). keep_all: no eviction, memory grows "
                "with the video. fifo: sliding window. sink_window: first frames + window. attention_mass: "
                "H2O-style accumulated attention. key_norm: keeps low-norm keys. random: control.")
 
@@ -30,7 +30,8 @@ class PaFuKVCacheBudget(io.ComfyNode):
                                tooltip="Tokens each layer keeps, in budget_unit. 0.25 fraction = 25% of "
                                        "Self-Forcing's 21-frame cache (8190 tokens at 480p)."),
                 io.Combo.Input("budget_unit", options=list(BUDGET_UNITS), default="fraction",
-                               tooltip="fraction of reference_frames latent frames, latent_frames, or tokens."),
+                               tooltip="fraction of reference_frames latent frames, latent_frames, tokens, or GiB of "
+                                       "K/V memory (all layers, the chunk being generated included)."),
                 io.Int.Input("sink_frames", default=0, min=0, max=64,
                              tooltip="First latent frames that are never evicted (attention sinks). "
                                      "sink_window needs at least 1."),
@@ -39,10 +40,10 @@ class PaFuKVCacheBudget(io.ComfyNode):
                                      "Wan models, the training clip for other models."),
                 io.Int.Input("seed", default=0, min=0, max=2**31 - 1, optional=True,
                              tooltip="Seed of the random control policy (ignored by the others)."),
-                io.Float.Input("pafu_recency", default=0.0, min=0.0, max=10.0, step=0.001, optional=True,
-                               tooltip="pafu only: added to a token's salience per latent frame of recency, so "
-                                       "that among equally salient tokens newer ones stay (0 = the paper's "
-                                       "pure salience; 1/reference_frames = one unit per window of age)."),
+                io.Combo.Input("kv_storage", options=list(KV_STORAGE), default="model", optional=True,
+                               tooltip="model: keep cached K/V in the model's dtype. int8: 8-bit K/V with one "
+                                       "scale per token and head (about half the memory; each layer is "
+                                       "dequantised on its own when read)."),
                 io.Int.Input("estimate_width", default=832, min=16, max=8192, step=16, optional=True,
                              tooltip="Video width for the memory estimate."),
                 io.Int.Input("estimate_height", default=480, min=16, max=8192, step=16, optional=True,
@@ -54,9 +55,10 @@ class PaFuKVCacheBudget(io.ComfyNode):
 
     @classmethod
     def execute(cls, policy, budget, budget_unit, sink_frames, reference_frames=REFERENCE_FRAMES, seed=0,
-                pafu_recency=0.0, estimate_width=832, estimate_height=480) -> io.NodeOutput:
-        settings = CacheSettings(policy=policy, budget=budget, budget_unit=budget_unit, sink_frames=sink_frames,
-                                 reference_frames=reference_frames, seed=seed, recency=pafu_recency)
+                kv_storage="model", estimate_width=832, estimate_height=480) -> io.NodeOutput:
+        settings = CacheSettings(policy=policy, budget=finite("budget", budget), budget_unit=budget_unit,
+                                 sink_frames=sink_frames, reference_frames=reference_frames, seed=seed,
+                                 kv_storage=kv_storage)
         tpf = WAN21_1_3B.tokens_per_frame(estimate_height // 8, estimate_width // 8)
         text = settings.describe(tpf, WAN21_1_3B.num_layers, WAN21_1_3B.num_heads, WAN21_1_3B.head_dim,
                                  label=f" (Wan 2.1 1.3B, {estimate_width}x{estimate_height}, bf16)")

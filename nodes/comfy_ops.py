@@ -32,15 +32,11 @@ class ComfyOps:
         return optimized_attention(q.reshape(b, s, n * d), k.reshape(b, k.shape[1], n * d),
                                    v.reshape(b, v.shape[1], n * d), heads=n, mask=mask)
 
-    def rope_freqs(self, model, frame_start: int, grid, device):
+    def rope_freqs(self, model, frame_start: int, grid, device, dtype=None):
         pt, ph, pw = model.patch_size
         f, h, w = grid
         return model.rope_encode(f * pt, h * ph, w * pw, t_start=frame_start, device=device,
-                                 dtype=self.compute_dtype)
+                                 dtype=dtype or self.compute_dtype)
 
     def apply_rope(self, x, freqs):
         return apply_rope1(x, freqs)
-
-    def unrope(self, x, freqs):
-        # freqs holds a 2x2 rotation per pair; its transpose is the inverse rotation
-        return apply_rope1(x, freqs.transpose(-1, -2).contiguous())

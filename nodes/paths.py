@@ -7,6 +7,8 @@ import folder_paths
 PACK_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ASSETS_DIR = os.path.join(PACK_DIR, "pafu_core", "world", "assets")
 BUNDLED_HEADS_DIR = os.path.join(ASSETS_DIR, "heads")
+#: the tiny world's causal student, listed by core's UNETLoader too (zero-download templates)
+BUNDLED_MODELS_DIR = os.path.join(ASSETS_DIR, "diffusion_models")
 HEADS = "pafu_heads"
 
 
@@ -15,10 +17,12 @@ def heads_dir() -> str:
 
 
 def register() -> None:
-    """``models/pafu_heads`` for user heads (and Hub downloads); the pack's own head is listed too."""
+    """``models/pafu_heads`` for user heads (and Hub downloads); the pack's own head is listed too, and
+    its tiny-world student joins the diffusion models."""
     folder_paths.add_model_folder_path(HEADS, heads_dir(), is_default=True)
     folder_paths.add_model_folder_path(HEADS, BUNDLED_HEADS_DIR)
     folder_paths.folder_names_and_paths[HEADS][1].add(".safetensors")
+    folder_paths.add_model_folder_path("diffusion_models", BUNDLED_MODELS_DIR)
 
 
 def head_files() -> list[str]:

@@ -8,6 +8,7 @@ cache is freed) and the live cache view are wired through ComfyUI's own hooks.
 from __future__ import annotations
 
 import logging
+import os
 
 import comfy.model_management
 import comfy.model_sampling
@@ -15,7 +16,8 @@ import latent_preview
 from comfy_api.latest import io
 
 from ..pafu_core.adapter import WanChunkRunner
-from ..pafu_core.sampler import SamplerConfig, check_inputs, parse_timesteps, sample_video
+from ..pafu_core.sampler import NOISE_STREAMS, SamplerConfig, check_inputs, parse_timesteps, sample_video
+from ..pafu_core.settings import finite
 from .comfy_ops import ComfyOps
 from .live import send_chunk_stats
 from .types import PafuCache, PafuHead, PafuReport
@@ -29,6 +31,12 @@ def wan_runner(model) -> WanChunkRunner:
                          f"{type(diffusion).__name__ if diffusion is not None else type(model.model).__name__}")
     dtype = model.model.manual_cast_dtype or model.model.get_dtype()
     return WanChunkRunner(diffusion, ComfyOps(diffusion, dtype), dtype=dtype)
+
+
+def cache_limit_bytes() -> int | None:
+    """``PAFU_CACHE_LIMIT_GIB`` caps the memory a cache may reserve (default: what the device has free)."""
+    value = os.environ.get("PAFU_CACHE_LIMIT_GIB")
+    return int(float(value) * 2**30) if value else None
 
 
 def flow_shift(model) -> float:
@@ -69,6 +77,10 @@ class PaFuARChunkSampler(io.ComfyNode):
                                       tooltip="Negative conditioning, used only when cfg is not 1."),
                 io.Float.Input("cfg", default=1.0, min=0.0, max=30.0, step=0.1, optional=True,
                                tooltip="Classifier-free guidance; 1 = off (distilled AR models need none)."),
+                io.Combo.Input("noise_stream", options=list(NOISE_STREAMS), default="pafu", optional=True,
+                               tooltip="pafu: one seeded stream, identical noise under every policy. comfy_ar: "
+                                       "core's SamplerARVideo convention, so the same seed (RandomNoise) and "
+                                       "sigmas give core's latents."),
             ],
             outputs=[io.Latent.Output("latent", display_name="latent"),
                      PafuReport.Output("report", display_name="report", tooltip="Per-chunk cache statistics.")],
@@ -77,10 +89,12 @@ class PaFuARChunkSampler(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, positive, latent, cache, seed, chunk_frames, timesteps, context_timestep,
-                head=None, negative=None, cfg=1.0) -> io.NodeOutput:
+                head=None, negative=None, cfg=1.0, noise_stream="pafu") -> io.NodeOutput:
         runner = wan_runner(model)
+        finite("cfg", cfg)
         config = SamplerConfig(chunk_frames=chunk_frames, timesteps=parse_timesteps(timesteps),
-                               shift=flow_shift(model), context_timestep=context_timestep, seed=seed)
+                               shift=flow_shift(model), context_timestep=finite("context_timestep", context_timestep),
+                               seed=seed, noise=noise_stream)
         if cache.policy == "pafu" and head is None:
             raise ValueError("the pafu policy needs a salience head: connect a PaFu Salience Head Loader")
         if head is not None:
@@ -111,7 +125,8 @@ class PaFuARChunkSampler(io.ComfyNode):
         try:
             result = sample_video(runner, cond, num_frames=frames, height=h, width=w, policy=policy,
                                   budget=cache.cache_budget(), config=config, batch=b, device=device,
-                                  step_callback=on_step, chunk_callback=on_chunk, negative=neg, cfg=cfg)
+                                  step_callback=on_step, chunk_callback=on_chunk, negative=neg, cfg=cfg,
+                                  kv_storage=cache.kv_storage, max_cache_bytes=cache_limit_bytes())
         except comfy.model_management.InterruptProcessingException:
             logging.info("PaFu AR Chunk Sampler interrupted between denoising steps; cache freed")
             raise

@@ -7,47 +7,13 @@ same video as our ``WanDiT`` with plain PyTorch ops.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 
 import pytest
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-PACK = "comfyui_pafukv_pack"
-
-
-@pytest.fixture(scope="module")
-def pack():
-    root = os.path.abspath(os.environ["COMFYUI_PATH"])
-    if root not in sys.path:
-        sys.path.insert(0, root)
-    import comfy.options
-    comfy.options.enable_args_parsing(False)
-    import comfy.cli_args
-    comfy.cli_args.args.cpu = True           # as `main.py --cpu`; must precede model_management
-    import folder_paths  # noqa: F401  (ComfyUI's model folders)
-    spec = importlib.util.spec_from_file_location(PACK, os.path.join(ROOT, "__init__.py"),
-                                                  submodule_search_locations=[ROOT])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[PACK] = module
-    spec.loader.exec_module(module)
-    import asyncio
-    from concurrent.futures import ThreadPoolExecutor
-
-    def run_async(coro_fn):     # a fresh thread: playwright may hold this thread's event loop
-        with ThreadPoolExecutor(1) as pool:
-            return pool.submit(lambda: asyncio.run(coro_fn())).result()
-
-    ext = run_async(module.comfy_entrypoint)
-    nodes = {cls.define_schema().node_id: cls for cls in run_async(ext.get_node_list)}
-    return module, nodes
-
-
-def run(node_cls, **kwargs):
-    out = node_cls.execute(**kwargs)
-    return out.args
+from .conftest import PACK, run
 
 
 def test_schemas_are_valid_v3(pack):
@@ -65,7 +31,8 @@ def test_comfyui_wan_path_equals_pafu_core_path(pack):
     core = sys.modules[PACK + ".pafu_core"]
     from comfy_extras.nodes_model_advanced import ModelSamplingSD3
     model = run(nodes["PaFuTinyWorldModel"])[0]
-    assert type(model.model.diffusion_model).__name__ == "WanModel"      # ComfyUI's own Wan class
+    # ComfyUI's own Wan class: causal-AR from 0.27 on (the file's metadata says so), plain WanModel before
+    assert type(model.model.diffusion_model).__name__ in ("WanModel", "CausalWanModel")
     (model,) = ModelSamplingSD3().patch(model, 5.0)
     positive, latent = run(nodes["PaFuTinyWorldScene"], style="teal", latent_frames=12, batch_size=1)
     cache = run(nodes["PaFuKVCacheBudget"], policy="fifo", budget=6, budget_unit="latent_frames", sink_frames=0)[0]
@@ -82,20 +49,40 @@ def test_comfyui_wan_path_equals_pafu_core_path(pack):
     assert torch.allclose(comfy_space, res.latents, atol=2e-3, rtol=1e-3), (comfy_space - res.latents).abs().max()
 
 
-def test_comfy_ops_rope_inverse(pack):
-    module, _ = pack
-    ops_mod = sys.modules[PACK + ".nodes.comfy_ops"]
-    core = sys.modules[PACK + ".pafu_core"]
+def plain_wan(core):
+    """The tiny world's weights as ComfyUI's bidirectional WanModel (no causal-AR metadata)."""
     import comfy.sd
     import comfy.utils
     sd = comfy.utils.load_torch_file(core.world.assets.STUDENT, safe_load=True)
-    dm = comfy.sd.load_diffusion_model_state_dict(sd).model.diffusion_model
+    return comfy.sd.load_diffusion_model_state_dict(sd).model.diffusion_model
+
+
+def test_comfy_ops_rope_matches_ours(pack):
+    ops_mod = sys.modules[PACK + ".nodes.comfy_ops"]
+    core = sys.modules[PACK + ".pafu_core"]
+    dm = plain_wan(core)
     ops = ops_mod.ComfyOps(dm, torch.float32)
-    freqs = ops.rope_freqs(dm, 5, (3, 4, 4), "cpu")
     x = torch.randn(2, 48, dm.num_heads, dm.dim // dm.num_heads)
-    assert torch.allclose(ops.unrope(ops.apply_rope(x, freqs), freqs), x, atol=1e-5)
     cos, sin = core.ops.TorchOps().rope_freqs(dm, 5, (3, 4, 4), "cpu")
-    assert torch.allclose(ops.apply_rope(x, freqs), core.ops.apply_rope(x, cos, sin), atol=1e-5)
+    assert torch.allclose(ops.apply_rope(x, ops.rope_freqs(dm, 5, (3, 4, 4), "cpu")), core.ops.apply_rope(x, cos, sin),
+                          atol=1e-5)
+
+
+def test_our_layer_math_equals_comfyui_wan_forward(pack):
+    """An independent reference: ComfyUI's own WanModel.forward against our runner over the same module
+    tree (bidirectional, whole clip)."""
+    ops_mod = sys.modules[PACK + ".nodes.comfy_ops"]
+    core = sys.modules[PACK + ".pafu_core"]
+    dm = plain_wan(core)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 16, 6, 8, 8, generator=gen)
+    t = torch.tensor([700.0, 150.0])
+    ctx = torch.randn(2, 4, 4096, generator=gen)
+    runner = core.adapter.WanChunkRunner(dm, ops_mod.ComfyOps(dm, torch.float32), dtype=torch.float32)
+    with torch.no_grad():
+        theirs = dm.forward(x, t, ctx)
+        ours = runner.forward_full(x, t, ctx)
+    assert torch.allclose(ours, theirs, atol=1e-4, rtol=1e-4), (ours - theirs).abs().max()
 
 
 def test_tiny_world_decode_inverts_the_codec(pack):
@@ -135,13 +122,16 @@ def test_head_loader_local_and_offline_hub(pack, tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="offline mode is on"):
         run(nodes["PaFuSalienceHeadLoader"], source="hub", head_name="", repo_id="someone/pafu-heads",
             filename="head.safetensors")
-    # a file already downloaded into models/pafu_heads/<owner>--<name>/ is used offline
-    target = tmp_path / "someone--pafu-heads"
-    target.mkdir(exist_ok=True)
+    # a file already downloaded into models/pafu_heads/<owner>--<name>/<revision>/ is used offline
+    target = tmp_path / "someone--pafu-heads" / "main"
+    target.mkdir(parents=True, exist_ok=True)
     core.salience.save_head(head, target / "head.safetensors")
     (again,) = run(nodes["PaFuSalienceHeadLoader"], source="hub", head_name="", repo_id="someone/pafu-heads",
                    filename="head.safetensors")
     assert torch.equal(again.w1, head.w1)
+    with pytest.raises(RuntimeError, match="revision 'v2'.*On disk: revision main"):
+        run(nodes["PaFuSalienceHeadLoader"], source="hub", head_name="", repo_id="someone/pafu-heads",
+            filename="head.safetensors", revision="v2")
 
 
 def test_report_node_draws_curves_and_token_maps(pack):
