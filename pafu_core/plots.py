@@ -1,61 +1,96 @@
-"""Pictures of a rollout's cache, drawn with Pillow (no plotting library needed).
+"""Pictures of rollouts: charts drawn with matplotlib (Agg, no display), token maps as images.
 
-``render_curves``: cache memory and chunk time against the frame index, one line per rollout.
-``render_token_heatmaps``: for every frame, which of its tokens the cache still holds at the end
-(share of layers), optionally blended over the decoded frames.
+``render_curves``: cache memory and chunk time against the frame index, one line per rollout, the
+budget marked. ``plot_accuracy_vs_budget``: the benchmark's quality chart. ``render_token_heatmaps``:
+for every frame, which of its tokens the cache still holds at the end (share of layers), optionally
+blended over the decoded frames.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
 
 from .report import CacheReport
 
-COLORS = [(230, 85, 13), (49, 130, 189), (49, 163, 84), (117, 107, 177), (222, 45, 38), (99, 99, 99),
-          (188, 189, 34)]
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+    return plt
 
 
-def _panel(draw: ImageDraw.ImageDraw, box, series, title: str, ylabel: str) -> None:
-    x0, y0, x1, y1 = box
-    draw.rectangle(box, outline=(0, 0, 0))
-    draw.text((x0 + 4, y0 - 14), f"{title} ({ylabel})", fill=(0, 0, 0))
-    xs = [x for _, pts, _ in series for x, _ in pts] or [0, 1]
-    ys = [y for _, pts, _ in series for _, y in pts] or [0, 1]
-    xmax, ymax = max(xs) or 1, max(ys) * 1.1 or 1
-    for frac in (0.0, 0.5, 1.0):
-        yy = y1 - frac * (y1 - y0)
-        draw.line([(x0, yy), (x0 + 4, yy)], fill=(0, 0, 0))
-        draw.text((x0 + 6, yy - 6), f"{frac * ymax:.3g}", fill=(80, 80, 80))
-    draw.text((x1 - 60, y1 + 2), f"frame {xmax:.0f}", fill=(80, 80, 80))
-    for _, pts, color in series:
-        coords = [(x0 + (x / xmax) * (x1 - x0), y1 - (y / ymax) * (y1 - y0)) for x, y in pts]
-        if len(coords) > 1:
-            draw.line(coords, fill=color, width=2)
-        for cx, cy in coords[-1:]:
-            draw.ellipse([cx - 2, cy - 2, cx + 2, cy + 2], fill=color)
+def _to_array(fig) -> np.ndarray:
+    fig.canvas.draw()
+    img = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    _pyplot().close(fig)
+    return img
 
 
-def render_curves(reports: list[CacheReport], width: int = 640, height: int = 420) -> np.ndarray:
-    """[H, W, 3] uint8: K/V held (MiB) and chunk time (ms) per generated frame, one line per report."""
-    img = Image.new("RGB", (width, height), (255, 255, 255))
-    draw = ImageDraw.Draw(img)
-    mem, time_ = [], []
+def render_curves(reports: list[CacheReport], width: int = 900, height: int = 560) -> np.ndarray:
+    """[H, W, 3] uint8: K/V held (MiB) and chunk time (ms) per generated frame, one line per report;
+    dashed lines mark each budget's K/V."""
+    plt = _pyplot()
+    dpi = 100
+    fig, (mem, tim) = plt.subplots(2, 1, figsize=(width / dpi, height / dpi), dpi=dpi, sharex=True)
+    budgets = {}
     for i, rep in enumerate(reports):
-        color = COLORS[i % len(COLORS)]
+        color = f"C{i % 10}"
         ends = [c.frame_start + c.frames for c in rep.chunks]
-        mem.append((rep.policy, [(e, c.kv_bytes / 2**20) for e, c in zip(ends, rep.chunks)], color))
-        time_.append((rep.policy, [(e, c.chunk_ms) for e, c in zip(ends, rep.chunks)], color))
-    half = (height - 60) // 2
-    _panel(draw, (50, 24, width - 12, 24 + half - 20), mem, "K/V held by the cache", "MiB")
-    _panel(draw, (50, 44 + half, width - 12, 44 + 2 * half - 20), time_, "chunk time", "ms")
-    x = 50
-    for name, _, color in mem:
-        draw.rectangle([x, height - 14, x + 10, height - 4], fill=color)
-        draw.text((x + 14, height - 16), name, fill=(0, 0, 0))
-        x += 16 + 8 * len(name)
-    return np.asarray(img)
+        mem.plot(ends, [c.kv_bytes / 2**20 for c in rep.chunks], color=color, lw=2, label=rep.policy)
+        tim.plot(ends, [c.chunk_ms for c in rep.chunks], color=color, lw=1.5, label=rep.policy)
+        sized = [c for c in rep.chunks if c.tokens_per_layer]
+        if sized and rep.budget_tokens < rep.total_frames * rep.tokens_per_frame:
+            per_token = sized[0].kv_bytes / sized[0].tokens_per_layer
+            budgets[round(rep.budget_tokens * per_token / 2**20, 6)] = rep.budget_tokens / rep.tokens_per_frame
+    for mib, frames in budgets.items():            # one dashed line per distinct budget
+        mem.axhline(mib, color="k", ls="--", lw=1, label=f"budget: {frames:g} latent frames")
+    mem.set_title("K/V held by the cache")
+    mem.set_ylabel("MiB")
+    tim.set_title("time per chunk (all denoising passes + the cache-writing pass)")
+    tim.set_ylabel("ms")
+    tim.set_xlabel("latent frame")
+    mem.set_ylim(bottom=0)
+    tim.set_ylim(bottom=0)
+    for ax in (mem, tim):
+        ax.grid(alpha=0.3)
+    mem.legend(fontsize=8, loc="upper left", ncol=2)
+    fig.tight_layout()
+    return _to_array(fig)
+
+
+def plot_accuracy_vs_budget(rows, budgets, policies, path: str, chance: float | None = None) -> None:
+    """Mean return accuracy with its 95% CI against the budget, one line per policy (keep-all: a band)."""
+    from .world.evaluate import mean_ci
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
+    xs = sorted(budgets)
+    for i, pol in enumerate(policies):
+        if pol == "keep_all":
+            vals = [r.accuracy for r in rows if r.policy == pol]
+            if vals:
+                m, lo, hi = mean_ci(vals)
+                ax.axhspan(lo, hi, color="0.85", label=f"keep_all (unbounded) {m:.2f}")
+            continue
+        stats = [mean_ci([r.accuracy for r in rows if r.policy == pol and r.budget == b]) for b in xs]
+        m = np.array([s[0] for s in stats])
+        err = np.array([[s[0] - s[1] for s in stats], [s[2] - s[0] for s in stats]])
+        style = dict(ls=":", marker="s") if pol.startswith("oracle") else dict(ls="-", marker="o")
+        ax.errorbar([100 * x for x in xs], m, yerr=err, capsize=3, lw=2 if pol.startswith("pafu") else 1.2,
+                    color=f"C{i % 10}", label=pol, **style)
+    if chance is not None:
+        ax.axhline(chance, color="k", ls="--", lw=0.8, label=f"chance ({chance:.2f})")
+    ax.set_xlabel("budget (% of the 36-frame training clip)")
+    ax.set_ylabel("return accuracy (world truth)")
+    ax.set_ylim(0, 1.02)
+    ax.set_xticks([100 * x for x in xs])
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    ax.set_title("Objects back as last seen, 360-frame videos (mean, 95% CI)")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def _heat(values: np.ndarray) -> np.ndarray:
@@ -77,10 +112,24 @@ def render_token_heatmaps(report: CacheReport, grid_hw: tuple[int, int], frames:
     heat = torch.from_numpy(_heat(kept)).float()                         # [F, gh, gw, 3]
     if frames is None:
         return heat.repeat_interleave(scale, 1).repeat_interleave(scale, 2)
-    n = min(frames.shape[0], heat.shape[0])
+    check_frames_match(report, frames)
     if frames.shape[0] != heat.shape[0]:
         # a decoded Wan video has 4 frames per latent frame (and 1 for the first): map them back
-        idx = torch.clamp((torch.arange(frames.shape[0]) + 3) // 4, max=heat.shape[0] - 1)
-        heat, n = heat[idx], frames.shape[0]
-    up = torch.nn.functional.interpolate(heat[:n].permute(0, 3, 1, 2), size=frames.shape[1:3], mode="nearest")
-    return (1 - alpha) * frames[:n, ..., :3].float() + alpha * up.permute(0, 2, 3, 1)
+        heat = heat[torch.clamp((torch.arange(frames.shape[0]) + 3) // 4, max=heat.shape[0] - 1)]
+    up = torch.nn.functional.interpolate(heat.permute(0, 3, 1, 2), size=frames.shape[1:3], mode="nearest")
+    return (1 - alpha) * frames[..., :3].float() + alpha * up.permute(0, 2, 3, 1)
+
+
+def check_frames_match(report: CacheReport, frames: torch.Tensor) -> None:
+    """Frames drawn under a token map must be that video's: one per latent frame (or the 4x - 3 of a
+    decoded Wan video) with the aspect ratio of the token grid."""
+    latent = report.total_frames
+    counts = {latent, 4 * (latent - 1) + 1}
+    if frames.ndim != 4 or frames.shape[0] not in counts:
+        raise ValueError(f"the frames do not belong to this report's video: it has {latent} latent frames, so "
+                         f"{' or '.join(str(c) for c in sorted(counts))} frames, got {frames.shape[0] if frames.ndim == 4 else tuple(frames.shape)}")
+    gh, gw = report.grid_hw
+    h, w = frames.shape[1:3]
+    if abs(h * gw - w * gh) > 0.05 * w * gh:
+        raise ValueError(f"the frames are {w}x{h} but this report's video is {gw}x{gh} tokens (aspect ratio "
+                         "differs): connect the decoded frames of the same video")

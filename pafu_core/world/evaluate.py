@@ -1,12 +1,15 @@
 """Roll the tiny world's student out under each policy and score it (shared by demo and benchmark).
 
-Quality, primary: ``return_consistency`` from the world's rules (does the scene come back as it was
+Quality, primary: ``return_accuracy`` from the world's truth (do the objects come back as they were
 last seen?). Secondary: fidelity to the keep-all rollout with the same noise (PSNR, SSIM).
 Cost: K/V bytes held, bytes the cache owns, and time per chunk at the end of the rollout.
+Statistics: every policy runs on the same videos (same noise), so policies are compared by their
+per-video paired differences, with a t-based 95% confidence interval.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import dataclass
 
@@ -14,23 +17,29 @@ import torch
 
 from ..adapter import WanChunkRunner
 from ..cache import CacheBudget
-from ..policies import PaFuSalience, make_policy
+from ..policies import make_policy
 from ..report import CacheReport
 from ..salience import SalienceHead, load_head
 from ..sampler import SamplerConfig, sample_video
 from ..wan import load_wan_checkpoint
 from . import assets
 from .codec import decode_frames
-from .metrics import psnr, return_consistency, schedule_accuracy, ssim
+from .metrics import change_accuracy, psnr, return_accuracy, schedule_accuracy, ssim
+from .oracles import CausalUseOracle, FrameTape, WorldOracle
 from .scenes import DEFAULT_WORLD, style_context
 
-BUDGETED = ("fifo", "sink_window", "attention_mass", "key_norm", "random", "pafu", "pafu+recency")
+HEURISTICS = ("fifo", "sink_window", "attention_mass", "key_norm", "random")
+ORACLES = ("oracle_world", "oracle_causal")
+BUDGETED = HEURISTICS + ("pafu",) + ORACLES
+#: noise seeds: the benchmark's evaluation batch, and the batch used to choose between variants;
+#: neither is used by training (world clips) or distillation (rollouts with seeds 0..N)
+EVAL_SEED, TUNING_SEED = 9000, 5000
 
 
-def load_world_models(device: str = "cpu") -> tuple[WanChunkRunner, SalienceHead]:
+def load_world_models(device: str = "cpu", head_path: str = assets.HEAD) -> tuple[WanChunkRunner, SalienceHead]:
     """The committed student and head; refuses a head that does not fit the student."""
     student = WanChunkRunner(load_wan_checkpoint(assets.STUDENT).to(device).eval().requires_grad_(False))
-    head = load_head(assets.HEAD, device=device)
+    head = load_head(head_path, device=device)
     head.check_backbone(student)
     return student, head
 
@@ -39,13 +48,15 @@ def load_world_models(device: str = "cpu") -> tuple[WanChunkRunner, SalienceHead
 class Rollout:
     policy: str
     budget: float | None
-    seed: int
+    row: int
     frames: torch.Tensor           # [F, 3, 16, 16] in [-1, 1]
     report: CacheReport
-    consistency: float
+    accuracy: float                # return accuracy (the world's truth)
+    change: float
     schedule: float
     psnr: float = float("nan")     # vs keep-all, same noise
     ssim: float = float("nan")
+    latents: torch.Tensor | None = None    # [16, F, 8, 8] the model-space video
 
     @property
     def steady_chunk_ms(self) -> float:
@@ -57,41 +68,63 @@ class Rollout:
         return sum(c.policy_ms for c in self.report.chunks) / max(1e-9, sum(c.chunk_ms for c in self.report.chunks))
 
 
-#: "pafu+recency": the head's salience plus 1 unit per training clip of age (see PaFuSalience)
-PAFU_RECENCY = 1.0 / DEFAULT_WORLD.clip_frames
+@dataclass
+class Batch:
+    """The videos of one benchmark batch: row i has style ``styles[i]`` and its own noise from ``seed``."""
+
+    seed: int
+    frames: int
+    styles: list[int]
+
+    @property
+    def context(self) -> torch.Tensor:
+        return torch.cat([style_context(s) for s in self.styles])
+
+    @property
+    def sampler(self) -> SamplerConfig:
+        return SamplerConfig(seed=self.seed)
 
 
-def rollouts(student: WanChunkRunner, head: SalienceHead, policy: str, budget_fraction: float | None, seed: int,
-             frames: int, styles: list[int], device: str = "cpu", sink_frames: int = 1,
-             chunk_callback=None) -> list[Rollout]:
-    """One batched rollout: row i has style ``styles[i]``; all rows draw their noise from ``seed``
-    (so row i's noise is the same under every policy). Each row's cache evicts on its own."""
+def rollouts(student: WanChunkRunner, head: SalienceHead | None, policy: str, budget_fraction: float | None,
+             batch: Batch, device: str = "cpu", sink_frames: int = 1, chunk_callback=None,
+             reference: list[Rollout] | None = None, label: str | None = None,
+             kv_storage: str = "model") -> list[Rollout]:
+    """One batched rollout under ``policy`` (``oracle_causal`` needs the keep-all ``reference``)."""
     budget = None
     if policy != "keep_all":
         budget = CacheBudget(budget_fraction, unit="fraction", reference_frames=DEFAULT_WORLD.clip_frames,
                              sink_frames=sink_frames if policy == "sink_window" else 0)
-    if policy.startswith("pafu"):
-        pol = PaFuSalience(head, recency=PAFU_RECENCY if policy == "pafu+recency" else 0.0)
-    else:
-        pol = make_policy(policy, seed=seed)
     side = DEFAULT_WORLD.size // 2
-    context = torch.cat([style_context(s) for s in styles]).to(device)
-    res = sample_video(student, context, num_frames=frames, height=side, width=side, policy=pol, budget=budget,
-                       config=SamplerConfig(seed=seed), batch=len(styles), device=device,
-                       chunk_callback=chunk_callback)
+    context = batch.context.to(device)
+    callbacks = [chunk_callback] if chunk_callback else []
+    if policy == "oracle_world":
+        tape = FrameTape(len(batch.styles), batch.frames, DEFAULT_WORLD.cells)
+        pol, callbacks = WorldOracle(tape), callbacks + [tape]
+    elif policy == "oracle_causal":
+        if reference is None:
+            raise ValueError("oracle_causal needs the keep-all rollouts of the same batch")
+        latents = torch.stack([r.latents for r in reference]).to(device)
+        pol = CausalUseOracle.from_rollout(student, latents, context, batch.sampler.sigmas, batch.sampler.chunk_frames)
+    else:
+        pol = make_policy(policy, head=head, seed=batch.seed)
+    res = sample_video(student, context, num_frames=batch.frames, height=side, width=side, policy=pol,
+                       budget=budget, config=batch.sampler, batch=len(batch.styles), device=device,
+                       chunk_callback=(lambda s, x: [c(s, x) for c in callbacks]) if callbacks else None,
+                       kv_storage=kv_storage)
     out = []
-    for row in range(len(styles)):
+    for row in range(len(batch.styles)):
         video = decode_frames(res.latents[row].cpu())
-        out.append(Rollout(policy, budget_fraction if budget else None, seed * 1000 + row, video, res.report,
-                           return_consistency(video), schedule_accuracy(video)))
+        out.append(Rollout(label or policy, budget_fraction if budget else None, row, video, res.report,
+                           return_accuracy(video), change_accuracy(video), schedule_accuracy(video),
+                           latents=res.latents[row].cpu()))
     return out
 
 
 def compare_to_reference(rolls: list[Rollout], references: list[Rollout]) -> None:
     """Fidelity of each rollout to the keep-all rollout of the same row (same noise)."""
-    by_seed = {r.seed: r for r in references}
+    by_row = {r.row: r for r in references}
     for r in rolls:
-        ref = by_seed[r.seed]
+        ref = by_row[r.row]
         r.psnr = psnr(r.frames, ref.frames)
         r.ssim = ssim(r.frames, ref.frames)
 
@@ -103,29 +136,58 @@ def mean_std(values) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def table(rows: list[Rollout], group_by_budget: bool = True) -> str:
-    """Markdown table, one row per (budget, policy): mean ± std over seeds."""
+#: two-sided 95% quantiles of Student's t for n - 1 degrees of freedom (n up to 30; normal beyond)
+_T95 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+        2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045]
+
+
+def mean_ci(values: list[float]) -> tuple[float, float, float]:
+    """Mean and the bounds of its 95% confidence interval (t distribution)."""
+    n = len(values)
+    m = statistics.fmean(values)
+    if n < 2:
+        return m, float("nan"), float("nan")
+    half = (_T95[n - 2] if n - 2 < len(_T95) else 1.96) * statistics.stdev(values) / math.sqrt(n)
+    return m, m - half, m + half
+
+
+def paired(rows: list[Rollout], a: str, b: str, budget) -> tuple[float, float, float]:
+    """Mean per-video difference of return accuracy, policy ``a`` minus ``b``, with its 95% CI."""
+    ra = {r.row: r.accuracy for r in rows if r.policy == a and r.budget == budget}
+    rb = {r.row: r.accuracy for r in rows if r.policy == b and r.budget == budget}
+    return mean_ci([ra[i] - rb[i] for i in sorted(ra) if i in rb])
+
+
+def table(rows: list[Rollout], single: bool = False) -> str:
+    """Markdown table, one row per (budget, policy): mean ± std over videos (``single``: one video's values)."""
     keys = []
     for r in rows:
-        k = (r.budget, r.policy)
-        if k not in keys:
-            keys.append(k)
-    out = ["| budget | policy | consistency (GT) | schedule | PSNR vs keep-all | SSIM vs keep-all | K/V held MiB | "
-           "cache owns MiB | chunk ms (end) | policy % | videos |",
-           "|---|---|---|---|---|---|---|---|---|---|---|"]
+        if (r.budget, r.policy) not in keys:
+            keys.append((r.budget, r.policy))
+
+    def cell(values, digits):
+        m, sd = mean_std(values)
+        return f"{m:.{digits}f}" if single else f"{m:.{digits}f} ± {sd:.{digits}f}"
+
+    ci = "" if single else " 95% CI |"
+    out = [f"| budget | policy | return accuracy (truth) |{ci} changes | rhythm | PSNR vs keep-all | "
+           "SSIM vs keep-all | K/V held MiB | cache owns MiB | chunk ms (end) | policy % | videos |",
+           "|---|---|---|" + ("---|" if ci else "") + "---|---|---|---|---|---|---|---|---|"]
     for budget, policy in keys:
         group = [r for r in rows if (r.budget, r.policy) == (budget, policy)]
-        c, cs = mean_std(r.consistency for r in group)
-        s, ss = mean_std(r.schedule for r in group)
-        p, ps = mean_std(r.psnr for r in group)
-        q, qs = mean_std(r.ssim for r in group)
+        bounds = ""
+        if not single:
+            _, lo, hi = mean_ci([r.accuracy for r in group])
+            bounds = f" [{lo:.3f}, {hi:.3f}] |"
         kv = statistics.fmean(r.report.chunks[-1].kv_bytes / 2**20 for r in group)
         own = statistics.fmean(r.report.peak_cache_bytes / 2**20 for r in group)
         ms = statistics.fmean(r.steady_chunk_ms for r in group)
         share = statistics.fmean(100 * r.policy_share for r in group)
-        label = "100% (unbounded)" if budget is None else f"{100 * budget:g}%"
+        label = "unbounded" if budget is None else f"{100 * budget:g}%"
         ref = policy == "keep_all"
-        out.append(f"| {label} | {policy} | {c:.3f} ± {cs:.3f} | {s:.3f} ± {ss:.3f} | "
-                   f"{'ref' if ref else f'{p:.2f} ± {ps:.2f}'} | {'ref' if ref else f'{q:.3f} ± {qs:.3f}'} | "
-                   f"{kv:.3f} | {own:.3f} | {ms:.1f} | {share:.2f} | {len(group)} |")
+        out.append(f"| {label} | {policy} | {cell([r.accuracy for r in group], 3)} |{bounds} "
+                   f"{cell([r.change for r in group], 2)} | {cell([r.schedule for r in group], 2)} | "
+                   f"{'ref' if ref else cell([r.psnr for r in group], 2)} | "
+                   f"{'ref' if ref else cell([r.ssim for r in group], 3)} | {kv:.3f} | {own:.3f} | {ms:.1f} | "
+                   f"{share:.2f} | {len(group)} |")
     return "\n".join(out)

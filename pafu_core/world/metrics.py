@@ -1,4 +1,10 @@
-"""Scores that the world's rules make exact: does the scene come back as it was last seen?"""
+"""Scores that the world's rules make exact, read off decoded frames in the video's own timing.
+
+Primary: ``return_accuracy`` - when the objects come back, do they have the colour of their
+*latest* appearance? The ground truth scores 1.0; a model that forgot scores near chance (1/6, or 0
+when it forgets the objects altogether); one that copies an older appearance scores near 0, because
+every appearance changes the colours.
+"""
 
 from __future__ import annotations
 
@@ -7,39 +13,31 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .scenes import DEFAULT_WORLD, WorldConfig, visible_schedule
+from .scenes import DEFAULT_WORLD, OBJECT_COLORS, WorldConfig
 
-#: a cell "matches" when its mean colour is within this distance (RGB in [-1, 1]; palette colours
-#: of one style are further apart than this, random colours rarely closer)
-MATCH_TOLERANCE = 0.3
+#: a cell shows an object when its mean colour's channel spread exceeds this (objects: 1.7,
+#: the backdrop: at most 0.12)
+OBJECT_SPREAD = 0.8
+#: two object colours are "the same" within this RGB distance (palette colours are >= 1.7 apart)
+MATCH_TOLERANCE = 0.6
+CHANCE = 1 / len(OBJECT_COLORS)
 
 
 def cell_colors(frames: torch.Tensor, cfg: WorldConfig = DEFAULT_WORLD) -> torch.Tensor:
-    """[F, 3, H, W] -> [F, grid, grid, 3] mean colour of each cell."""
-    return F.avg_pool2d(frames, cfg.cell).permute(0, 2, 3, 1)
+    """[F, 3, H, W] -> [F, cells, 3] mean colour of each cell (row-major)."""
+    return F.avg_pool2d(frames, cfg.cell).flatten(2).transpose(1, 2)
 
 
-def reveal_starts(frames: int, phase: int = 0, cfg: WorldConfig = DEFAULT_WORLD) -> list[int]:
-    """Where the world's own schedule brings the scene back (ground truth timing)."""
-    vis = visible_schedule(frames, phase, cfg)
-    return [f for f in range(1, frames) if vis[f] and not vis[f - 1]]
+def object_mask(colors: torch.Tensor) -> torch.Tensor:
+    """[F, cells, 3] -> [F, cells] bool: the cell shows an object (a saturated colour)."""
+    return (colors.amax(-1) - colors.amin(-1)) > OBJECT_SPREAD
 
 
-#: a frame "shows a scene" when its cells' colours spread more than any dark frame of the world's
-#: ground truth does (200 clips: dark frames at most 0.05, scene frames at least 0.16)
-SCENE_SPREAD = 0.06
-
-
-def shows_scene(frames: torch.Tensor, cfg: WorldConfig = DEFAULT_WORLD) -> torch.Tensor:
-    """[F] bool: the frame looks like a scene (varied cells), not a dark frame."""
-    return cell_colors(frames, cfg).flatten(1, 2).std(dim=1).mean(dim=-1) > SCENE_SPREAD
-
-
-def scene_segments(frames: torch.Tensor, cfg: WorldConfig = DEFAULT_WORLD) -> list[tuple[int, int]]:
-    """[(start, end)) runs of at least two consecutive scene frames, in the video's own timing."""
-    scene = shows_scene(frames, cfg).tolist() + [False]
+def appearances(frames: torch.Tensor, cfg: WorldConfig = DEFAULT_WORLD) -> list[tuple[int, int]]:
+    """[(start, end)) runs of at least two consecutive frames that show objects."""
+    shown = object_mask(cell_colors(frames, cfg)).any(-1).tolist() + [False]
     out, start = [], None
-    for f, s in enumerate(scene):
+    for f, s in enumerate(shown):
         if s and start is None:
             start = f
         elif not s and start is not None:
@@ -49,29 +47,57 @@ def scene_segments(frames: torch.Tensor, cfg: WorldConfig = DEFAULT_WORLD) -> li
     return out
 
 
-def return_consistency(frames: torch.Tensor, cfg: WorldConfig = DEFAULT_WORLD, tol: float = MATCH_TOLERANCE) -> float:
-    """Each time the scene comes back after the dark gap, the share of its cells that have the
-    colour they had at the end of the previous appearance (measured in the video's own timing, so a
-    model whose clock is a few frames off is judged on memory, not on phase). A video long enough for
-    the scene to return but in which it does not return scores 0. The ground truth scores about
-    1 - changes/cells (0.8 with chance repeats); a model that forgot the scene scores near chance."""
-    if frames.shape[0] < cfg.period + cfg.visible_frames:
+def _long_enough(frames: torch.Tensor, cfg: WorldConfig) -> bool:
+    return frames.shape[0] >= cfg.period + 1
+
+
+def returns(frames: torch.Tensor, cfg: WorldConfig = DEFAULT_WORLD,
+            tol: float = MATCH_TOLERANCE) -> list[tuple[int, int, int]]:
+    """(first frame of the return, objects back right, objects that should be back) per return: for
+    every object shown at the last frame of an appearance, is the same cell, at the first frame of the
+    next appearance, an object of the same colour?"""
+    colors = cell_colors(frames, cfg)
+    objects = object_mask(colors)
+    segs = appearances(frames, cfg)
+    out = []
+    for (_, a1), (b0, _) in zip(segs, segs[1:]):
+        before = objects[a1 - 1]
+        same = objects[b0] & ((colors[b0] - colors[a1 - 1]).norm(dim=-1) < tol)
+        out.append((b0, int((before & same).sum()), int(before.sum())))
+    return out
+
+
+def return_accuracy(frames: torch.Tensor, cfg: WorldConfig = DEFAULT_WORLD, tol: float = MATCH_TOLERANCE) -> float:
+    """Share of returning objects that come back right (see ``returns``). NaN for a video too short
+    for a return; 0 when the objects never come back."""
+    if not _long_enough(frames, cfg):
         return float("nan")
-    segments = scene_segments(frames, cfg)
-    if len(segments) < 2:
-        return 0.0
-    cells = cell_colors(frames, cfg)
-    scores = [((cells[b0] - cells[a1 - 1]).norm(dim=-1) < tol).float().mean()
-              for (_, a1), (b0, _) in zip(segments, segments[1:])]
-    return float(torch.stack(scores).mean())
+    found = returns(frames, cfg, tol)
+    total = sum(t for _, _, t in found)
+    return sum(r for _, r, _ in found) / total if total else 0.0
+
+
+def change_accuracy(frames: torch.Tensor, cfg: WorldConfig = DEFAULT_WORLD, tol: float = MATCH_TOLERANCE) -> float:
+    """Share of objects that change colour within an appearance, as the world's rule says they do
+    (a model that never changes them would make stale copies look right)."""
+    colors = cell_colors(frames, cfg)
+    objects = object_mask(colors)
+    changed = total = 0
+    for a0, a1 in appearances(frames, cfg):
+        if a1 - a0 <= cfg.change_at:
+            continue
+        both = objects[a0] & objects[a1 - 1]
+        changed += int((both & ((colors[a1 - 1] - colors[a0]).norm(dim=-1) >= tol)).sum())
+        total += int(both.sum())
+    return changed / total if total else float("nan")
 
 
 def schedule_accuracy(frames: torch.Tensor, cfg: WorldConfig = DEFAULT_WORLD) -> float:
-    """Share of the gaps between consecutive appearances of the scene that match the world's period
-    (within one frame): does the model keep the world's rhythm?"""
-    starts = [a for a, _ in scene_segments(frames, cfg)]
+    """Share of the gaps between consecutive appearances that match the world's period (within one
+    frame): does the model keep the world's rhythm?"""
+    starts = [a for a, _ in appearances(frames, cfg)]
     if len(starts) < 2:
-        return 0.0 if frames.shape[0] >= cfg.period + cfg.visible_frames else float("nan")
+        return 0.0 if _long_enough(frames, cfg) else float("nan")
     gaps = torch.tensor([b - a for a, b in zip(starts, starts[1:])])
     return float(((gaps - cfg.period).abs() <= 1).float().mean())
 

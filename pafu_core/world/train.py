@@ -10,7 +10,9 @@ text_dim 4096, 16 latent channels, patch 1x2x2).
 * Teacher: flow matching on whole clips with full (bidirectional) attention.
 * Student: initialised from the teacher; teacher forcing in one pass over [clean clip at the
   context timestep | noisy clip], block-causal, each noisy chunk at one of the sampler's warped
-  timesteps, attending to the clean chunks before it and to itself. The noisy chunks' view of the
+  timesteps, attending to the clean chunks before it and to itself.
+* Both weight the loss on the cells that show objects (``OBJECT_WEIGHT``): they are what the model
+  must remember, a few tokens of each frame. The noisy chunks' view of the
   past is sometimes cut to a sliding window or a random subset of tokens (a light version of the
   paper's streaming long tuning), so keep-all and budgeted rollouts are both in distribution.
   Random temporal offsets cover the demo's whole RoPE range (10x the clip).
@@ -29,9 +31,9 @@ import time
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from ..adapter import WanChunkRunner
-from ..progress import Progress
 from ..sampler import SamplerConfig, warp_timesteps
 from ..wan import WanConfig, WanDiT, init_weights_, load_wan_checkpoint
 from .codec import encode_frames
@@ -48,12 +50,33 @@ def world_batch(step: int, batch: int, seed: int, cfg: WorldConfig = DEFAULT_WOR
     lat, ctx = [], []
     for _ in range(batch):
         clip_seed = int(torch.randint(2**31 - 1, (1,), generator=gen))
-        # start in the visible phase most of the time: the demo always starts with a scene
-        phase = 0 if torch.rand((), generator=gen) < 0.5 else int(torch.randint(cfg.period, (1,), generator=gen))
+        # start with the objects half of the time (as the demo does), else at another step of the clock
+        steps = cfg.period // cfg.clock_step
+        phase = 0 if torch.rand((), generator=gen) < 0.5 else cfg.clock_step * int(torch.randint(steps, (1,), generator=gen))
         clip = render_clip(clip_seed, frames, phase=phase, cfg=cfg)
         lat.append(encode_frames(clip.frames))
         ctx.append(style_context(clip.style, cfg))
     return torch.stack(lat), torch.cat(ctx)
+
+
+#: the loss counts the cells that hold objects this much more than the backdrop: what must be remembered
+#: is a few tokens of the frame, and their error would otherwise drown in the backdrop's
+OBJECT_WEIGHT = 8.0
+
+
+def object_weights(lat: torch.Tensor) -> torch.Tensor:
+    """[B, 1, F, h, w] loss weights over latents: OBJECT_WEIGHT where the clean frame shows an object."""
+    from .codec import decode_frames
+    from .metrics import cell_colors, object_mask
+    b, _, f, h, w = lat.shape
+    frames = decode_frames(lat.detach().cpu()).flatten(0, 1)                   # [B*F, 3, 2h, 2w]
+    cells = object_mask(cell_colors(frames)).view(b, f, h // 2, w // 2).float()
+    up = cells.repeat_interleave(2, -1).repeat_interleave(2, -2).unsqueeze(1)  # one cell = 2x2 latent pixels
+    return (1 + (OBJECT_WEIGHT - 1) * up).to(lat.device)
+
+
+def weighted_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return ((pred - target) ** 2 * weight).sum() / (weight.sum() * pred.shape[1])
 
 
 def _sample_sigma(shape, gen, shift: float = 3.0) -> torch.Tensor:
@@ -68,7 +91,7 @@ def teacher_loss(runner: WanChunkRunner, lat, ctx, gen, device) -> torch.Tensor:
     x = (1 - sigma.view(b, 1, 1, 1, 1)) * lat + sigma.view(b, 1, 1, 1, 1) * noise
     offset = int(torch.randint(MAX_OFFSET, (1,), generator=gen))
     pred = runner.forward_full(x, sigma * 1000, ctx, frame_offset=offset)
-    return F.mse_loss(pred, noise - lat)
+    return weighted_mse(pred, noise - lat, object_weights(lat))
 
 
 def teacher_forcing_mask(frames: int, chunk: int, tpf: int, gen, mode: str) -> torch.Tensor:
@@ -83,7 +106,8 @@ def teacher_forcing_mask(frames: int, chunk: int, tpf: int, gen, mode: str) -> t
         width = int(torch.randint(1, 4, (1,), generator=gen))
         noisy_clean &= bk >= bq - width
     elif mode == "subset":
-        keep = torch.rand(n, generator=gen) < (0.1 + 0.5 * torch.rand((), generator=gen))
+        # as sparse as a 12.5% cache at 10x the clip, up to more than half of the past
+        keep = torch.rand(n, generator=gen) < (0.02 + 0.58 * torch.rand((), generator=gen))
         noisy_clean &= keep[None, :] | (bk == bq - 1)          # the newest chunk is always kept
     noisy_noisy = bk == bq
     top = torch.cat([clean_clean, torch.zeros(n, n, dtype=torch.bool)], dim=1)
@@ -105,7 +129,7 @@ def student_loss(runner: WanChunkRunner, lat, ctx, gen, device, sampler: Sampler
     tpf = runner.tokens_per_frame(h, w)
     mask = teacher_forcing_mask(f, chunk, tpf, gen, mode).to(device)
     pred = teacher_forcing_forward(runner, lat, noisy, sigma * 1000, ctx, offset, mask, sampler.context_timestep)
-    return F.mse_loss(pred, noise - lat)
+    return weighted_mse(pred, noise - lat, object_weights(lat))
 
 
 def teacher_forcing_forward(runner: WanChunkRunner, clean, noisy, t_noisy, ctx, offset, mask, t_ctx=0.0):
@@ -119,7 +143,7 @@ def teacher_forcing_forward(runner: WanChunkRunner, clean, noisy, t_noisy, ctx, 
     freqs = (torch.cat([cos, cos]), torch.cat([sin, sin]))
     cross = runner.cross_kv(runner.embed_text(ctx))
 
-    def attend(i, q, k, v, hid):
+    def attend(i, q, k, v, hid, k_raw):
         return runner.ops.attention(q, k, v, mask)
 
     x = runner.run_blocks(torch.cat([tokens_c, tokens_n], dim=1), e0, 2 * f, freqs, cross, attend)
@@ -131,8 +155,10 @@ def save_model(model: WanDiT, path: str, meta: dict) -> None:
     from safetensors.torch import save_file
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     sd = {k: v.detach().to(torch.float16).contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(sd, path, metadata={"pafu_world": json.dumps(meta, sort_keys=True),
-                                  "wan_config": json.dumps(model.config.to_dict())})
+    meta_out = {"pafu_world": json.dumps(meta, sort_keys=True), "wan_config": json.dumps(model.config.to_dict())}
+    if meta.get("kind") == "student":       # ComfyUI (0.27+) loads it as a causal-AR Wan
+        meta_out["config"] = json.dumps({"transformer": {"causal_ar": True}})
+    save_file(sd, path, metadata=meta_out)
 
 
 def train(kind: str, steps: int, batch: int, lr: float, seed: int, device: str, out: str,
@@ -156,9 +182,9 @@ def train(kind: str, steps: int, batch: int, lr: float, seed: int, device: str, 
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
     sampler = SamplerConfig()
-    modes = ("full", "full", "window", "subset")
+    modes = ("full", "full", "full", "window", "subset")
     history = []
-    bar = Progress(steps, f"train {kind}")
+    bar = tqdm(total=steps, desc=f"train {kind}", mininterval=5)
     t0 = time.perf_counter()
     running = []
     for step in range(steps):
@@ -178,7 +204,9 @@ def train(kind: str, steps: int, batch: int, lr: float, seed: int, device: str, 
             mean = float(torch.stack(running).mean())
             running = []
             history.append((step + 1, mean))
-            bar.update(log_every if (step + 1) % log_every == 0 else steps % log_every, postfix=f"loss {mean:.4f}")
+            bar.set_postfix(loss=f"{mean:.4f}")
+        bar.update()
+    bar.close()
     meta = {"kind": kind, "steps": steps, "batch": batch, "lr": lr, "seed": seed, "device": device,
             "init": os.path.basename(init) if init else None, "final_loss": history[-1][1],
             "minutes": round((time.perf_counter() - t0) / 60, 1), "world": DEFAULT_WORLD.__dict__}
