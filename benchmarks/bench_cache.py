@@ -1,26 +1,35 @@
-"""Per-policy chunk time, cache memory and policy overhead vs rollout length.
+"""Per-policy chunk time, memory and policy overhead vs rollout length, against a lean reference.
 
-Prints measured numbers (nothing here is asserted). Defaults finish in a few minutes on 2 CPU
-cores; ``--wan13b`` runs the real Wan 2.1 1.3B shape (random weights time the same as real ones)
-on a GPU. Budget fractions are of the reference window (21 latent frames, Self-Forcing's cache).
+Prints measured numbers (nothing here is asserted). Defaults finish in a few minutes on 2 CPU cores;
+``--wan13b`` runs the real Wan 2.1 1.3B shape (random weights time the same as real ones) on a GPU.
+Budget fractions are of the reference window (21 latent frames, Self-Forcing's cache).
+
+Every row is timed in this process, next to the lean reference forward (``lean_reference.py``: the
+same blocks and shapes, SDPA over one contiguous pre-filled cache of the same size, nothing else), so
+each row prints its ratio to it. Peak memory is the allocator's peak on a GPU, the tensor-storage peak
+on the CPU (``pafu_core/memory.py``), measured in a second run so that tracking never slows the timing.
 
     python benchmarks/bench_cache.py                       # tiny model, CPU
-    python benchmarks/bench_cache.py --wan13b --device cuda --dtype bfloat16
+    python benchmarks/bench_cache.py --wan13b --device cuda --dtype bfloat16 --json out/bench_cache.json
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
+from contextlib import nullcontext
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.lean_reference import LeanForward  # noqa: E402
 from pafu_core.adapter import WanChunkRunner  # noqa: E402
 from pafu_core.cache import REFERENCE_FRAMES, CacheBudget  # noqa: E402
+from pafu_core.memory import peak_memory  # noqa: E402
 from pafu_core.policies import make_policy  # noqa: E402
 from pafu_core.salience import HeadConfig, SalienceHead  # noqa: E402
 from pafu_core.sampler import SamplerConfig, sample_video  # noqa: E402
@@ -32,36 +41,51 @@ def build(args) -> tuple[WanChunkRunner, torch.Tensor]:
                                                    num_heads=args.dim // 128, num_layers=args.layers)
     dtype = getattr(torch, args.dtype)
     with torch.device(args.device):
-        model = init_weights_(WanDiT(cfg).to(args.device), seed=0) if not args.wan13b else WanDiT(cfg)
-    model = model.to(dtype).eval()
+        model = WanDiT(cfg) if args.wan13b else init_weights_(WanDiT(cfg), seed=0)
+    model = model.to(args.device, dtype).eval().requires_grad_(False)
     context = torch.randn(1, 512 if args.wan13b else 16, cfg.text_dim, device=args.device)
     return WanChunkRunner(model), context
 
 
-def measure(runner, context, args, policy: str, budget, frames: int) -> dict:
-    hw = (60, 104) if args.wan13b else (args.latent, args.latent)
-    if args.device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
+def latent_hw(args) -> tuple[int, int]:
+    return (60, 104) if args.wan13b else (args.latent, args.latent)
+
+
+def rollout(runner, context, args, policy: str, budget, frames: int, storage: str):
     head = None
-    if policy == "pafu":      # an untrained head times exactly like a trained one
-        head = SalienceHead(HeadConfig(num_layers=runner.num_layers, dim=runner.dim, num_heads=runner.num_heads))
-        head = head.to(args.device, getattr(torch, args.dtype))
-    res = sample_video(runner, context, num_frames=frames, height=hw[0], width=hw[1],
-                       policy=make_policy(policy, head=head, seed=0), budget=budget,
-                       config=SamplerConfig(chunk_frames=3, seed=0), device=args.device)
+    if policy == "pafu":      # an untrained head times exactly like a trained one (re-scoring, as shipped)
+        head = SalienceHead(HeadConfig(num_layers=runner.num_layers, dim=runner.dim, num_heads=runner.num_heads,
+                                       rescore=True)).to(args.device)
+    hw = latent_hw(args)
+    return sample_video(runner, context, num_frames=frames, height=hw[0], width=hw[1],
+                        policy=make_policy(policy, head=head, seed=0), budget=budget,
+                        config=SamplerConfig(chunk_frames=3, seed=0), device=args.device, kv_storage=storage)
+
+
+def measure(runner, context, args, policy: str, budget, frames: int, storage: str = "model") -> dict:
+    cuda = args.device.startswith("cuda")
+    t0 = time.perf_counter()
+    with peak_memory(args.device) if (cuda and args.memory) else nullcontext() as tracked:   # free on a GPU
+        res = rollout(runner, context, args, policy, budget, frames, storage)
     wall = time.perf_counter() - t0
+    peak = float("nan")
+    if args.memory:
+        if not cuda:                  # the CPU tracker slows every operator: a second, untimed run
+            with peak_memory(args.device) as tracked:
+                rollout(runner, context, args, policy, budget, frames, storage)
+        peak = tracked.bytes / 2**20
     chunks = res.report.chunks
     tail = chunks[-max(1, len(chunks) // 4):]             # steady state: last quarter of the rollout
-    head = chunks[1:1 + max(1, len(chunks) // 4)]
-    ms = lambda cs: sum(c.chunk_ms for c in cs) / len(cs)
-    return dict(
-        policy=policy, frames=frames, budget_tokens=res.report.budget_tokens,
-        first_ms=ms(head), last_ms=ms(tail),
-        policy_share=100 * sum(c.policy_ms for c in tail) / sum(c.chunk_ms for c in tail),
-        kv_mib=chunks[-1].kv_bytes / 2**20, cache_mib=res.report.peak_cache_bytes / 2**20,
-        peak_mib=(torch.cuda.max_memory_allocated() / 2**20) if args.device.startswith("cuda") else float("nan"),
-        wall_s=wall)
+    ms = sum(c.chunk_ms for c in tail) / len(tail)
+    cached = min(res.report.budget_tokens, frames * res.report.tokens_per_frame) - 3 * res.report.tokens_per_frame
+    hw = latent_hw(args)
+    lean = LeanForward(runner.model, 1, 3 * res.report.tokens_per_frame, max(0, cached), context.shape[1],
+                       args.device, runner.dtype).chunk_ms(passes=5) if args.lean else float("nan")
+    return dict(policy=policy + ("" if storage == "model" else f" ({storage})"), frames=frames,
+                budget_tokens=res.report.budget_tokens, last_ms=ms, lean_ms=lean,
+                policy_share=100 * sum(c.policy_ms for c in tail) / sum(c.chunk_ms for c in tail),
+                kv_mib=chunks[-1].kv_bytes / 2**20, cache_mib=res.report.peak_cache_bytes / 2**20,
+                peak_mib=peak, wall_s=wall, hw=list(hw))
 
 
 def main(argv=None):
@@ -73,9 +97,12 @@ def main(argv=None):
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--latent", type=int, default=24, help="latent height = width (tiny model)")
     p.add_argument("--lengths", default="21,42,84", help="rollout lengths in latent frames")
-    p.add_argument("--fractions", default="0.5,0.25",
-                   help="of the 21-frame window; 12.5%% is below one 3-frame chunk")
-    p.add_argument("--policies", default="pafu,fifo,sink_window,key_norm,attention_mass")
+    p.add_argument("--fractions", default="0.25", help="of the 21-frame window")
+    p.add_argument("--policies", default="pafu,fifo,sink_window,attention_mass")
+    p.add_argument("--int8", action=argparse.BooleanOptionalAction, default=True, help="also fifo with 8-bit K/V")
+    p.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True, help="measure peak memory")
+    p.add_argument("--lean", action=argparse.BooleanOptionalAction, default=True, help="time the lean reference")
+    p.add_argument("--json", default=None, help="also write the rows here")
     args = p.parse_args(argv)
     torch.manual_seed(0)
     torch.set_grad_enabled(False)
@@ -84,23 +111,31 @@ def main(argv=None):
     fractions = [float(v) for v in args.fractions.split(",")]
     policies = args.policies.split(",")
     print(f"device={args.device} dtype={args.dtype} layers={runner.num_layers} dim={runner.dim} "
-          f"threads={torch.get_num_threads()} reference window={REFERENCE_FRAMES} frames")
-    measure(runner, context, args, "fifo", CacheBudget(6), 6)      # warm-up
-    header = (f"{'frames':>6} {'policy':>15} {'budget':>8} {'tokens':>7} {'chunk ms first':>14} "
-              f"{'chunk ms last':>13} {'x keep-all':>10} {'policy %':>8} {'KV MiB':>8} {'owned MiB':>9} {'peak MiB':>9}")
-    print(header)
+          f"latent={latent_hw(args)} threads={torch.get_num_threads()} reference window={REFERENCE_FRAMES} frames")
+    rollout(runner, context, args, "fifo", CacheBudget(6), 6, "model")      # warm-up
+    print(f"{'frames':>6} {'policy':>18} {'budget':>8} {'tokens':>7} {'chunk ms':>9} {'lean ms':>8} {'x lean':>7} "
+          f"{'x keep-all':>10} {'policy %':>8} {'K/V MiB':>8} {'owned MiB':>9} {'peak MiB':>9}")
     rows = []
     for frames in lengths:
         ref = measure(runner, context, args, "keep_all", None, frames)
-        rows.append(("100%", ref))
+        group = [("100%", ref)]
         for frac in fractions:
             for pol in policies:
                 budget = CacheBudget(frac, unit="fraction", sink_frames=1 if pol == "sink_window" else 0)
-                rows.append((f"{100 * frac:g}%", measure(runner, context, args, pol, budget, frames)))
-        for label, r in rows[-(1 + len(fractions) * len(policies)):]:
-            print(f"{r['frames']:>6} {r['policy']:>15} {label:>8} {r['budget_tokens']:>7} {r['first_ms']:>14.1f} "
-                  f"{r['last_ms']:>13.1f} {r['last_ms'] / ref['last_ms']:>10.2f} {r['policy_share']:>8.2f} "
+                group.append((f"{100 * frac:g}%", measure(runner, context, args, pol, budget, frames)))
+            if args.int8:
+                group.append((f"{100 * frac:g}%", measure(runner, context, args, "fifo",
+                                                          CacheBudget(frac, unit="fraction"), frames, "int8")))
+        for label, r in group:
+            r["budget"], r["x_keep_all"], r["x_lean"] = label, r["last_ms"] / ref["last_ms"], r["last_ms"] / r["lean_ms"]
+            print(f"{r['frames']:>6} {r['policy']:>18} {label:>8} {r['budget_tokens']:>7} {r['last_ms']:>9.1f} "
+                  f"{r['lean_ms']:>8.1f} {r['x_lean']:>7.2f} {r['x_keep_all']:>10.2f} {r['policy_share']:>8.2f} "
                   f"{r['kv_mib']:>8.2f} {r['cache_mib']:>9.2f} {r['peak_mib']:>9.1f}", flush=True)
+        rows += [r for _, r in group]
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as fh:
+            json.dump({"device": args.device, "dtype": args.dtype, "rows": rows}, fh, indent=1)
 
 
 if __name__ == "__main__":

@@ -1,97 +1,118 @@
-"""Quality vs budget on the tiny world: every policy, several budgets, several seeds (prints numbers).
+"""Quality vs budget on the tiny world: every policy, oracle bounds, paired statistics (prints numbers).
 
-    python benchmarks/bench_quality.py                        # 8 seeds, 50/25/12.5%, 360 frames
-    python benchmarks/bench_quality.py --seeds 2 --frames 108 # quicker look
+    python benchmarks/bench_quality.py                              # 16 videos, 25% and 12.5%, 360 frames
+    python benchmarks/bench_quality.py --videos 4 --frames 108      # a quicker look
+    python benchmarks/bench_quality.py --heads entry_only=runs/h.safetensors   # ablation heads beside pafu
 
-For each seed the keep-all rollout is the reference; every budgeted policy runs with the same noise.
-Budgets are fractions of the 36-frame training clip. Writes ``--out`` (a Markdown table and a plot of
-consistency against budget).
+All policies run on the same videos (row i: style i mod 8, its own noise from ``--seed``, by default
+the evaluation seed that no training, distillation or tuning ever used). The keep-all rollout is the
+fidelity reference. For every budget the script prints pafu's per-video paired differences to FIFO
+and sink+window with 95% confidence intervals, and how much of the gap between the best heuristic
+and the best oracle pafu closes. Writes ``--out``: results.md, results.json, accuracy_vs_budget.png.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
 import torch
-from PIL import Image, ImageDraw
+from tqdm.auto import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from pafu_core.plots import COLORS  # noqa: E402
-from pafu_core.progress import Progress  # noqa: E402
-from pafu_core.world.evaluate import (BUDGETED, compare_to_reference, load_world_models, mean_std,  # noqa: E402
-                                      rollouts, table)
+from pafu_core.plots import plot_accuracy_vs_budget  # noqa: E402
+from pafu_core.salience import load_head  # noqa: E402
+from pafu_core.world.evaluate import (BUDGETED, EVAL_SEED, HEURISTICS, ORACLES, Batch,  # noqa: E402
+                                      compare_to_reference, load_world_models, mean_ci, paired, rollouts, table)
+from pafu_core.world.metrics import CHANCE  # noqa: E402
 from pafu_core.world.scenes import DEFAULT_WORLD  # noqa: E402
 
 
-def plot(rows, budgets, policies, path: str) -> None:
-    w, h, pad = 560, 360, 50
-    img = Image.new("RGB", (w, h), "white")
-    d = ImageDraw.Draw(img)
-    d.rectangle([pad, 20, w - 20, h - pad], outline="black")
-    d.text((pad, 4), "return consistency (world ground truth) vs budget; mean over seeds", fill="black")
-    xs = {b: pad + 30 + i * (w - pad - 80) / max(1, len(budgets) - 1) for i, b in enumerate(sorted(budgets))}
-    for b, x in xs.items():
-        d.text((x - 12, h - pad + 6), f"{100 * b:g}%", fill="black")
-    for frac in (0, 0.5, 1.0):
-        y = h - pad - frac * (h - pad - 20)
-        d.text((8, y - 6), f"{frac:.1f}", fill="black")
-    keep = mean_std(r.consistency for r in rows if r.policy == "keep_all")[0]
-    if keep == keep:                      # NaN when the video is too short for the scene to return
-        y = h - pad - keep * (h - pad - 20)
-        d.line([(pad, y), (w - 20, y)], fill=(150, 150, 150), width=1)
-        d.text((w - 110, y - 12), "keep-all", fill=(120, 120, 120))
-    for i, pol in enumerate(policies):
-        pts = []
-        for b in sorted(budgets):
-            m = mean_std(r.consistency for r in rows if r.policy == pol and r.budget == b)[0]
-            if m == m:
-                pts.append((xs[b], h - pad - m * (h - pad - 20)))
-        color = COLORS[i % len(COLORS)]
-        if len(pts) > 1:
-            d.line(pts, fill=color, width=2)
-        for x, yy in pts:
-            d.ellipse([x - 3, yy - 3, x + 3, yy + 3], fill=color)
-        d.text((pad + 8 + 80 * i, h - 18), pol, fill=color)
-    img.save(path)
+def verdicts(rows, budgets, learned: list[str]) -> tuple[str, dict]:
+    """Paired differences and gap closure, per budget and learned policy."""
+    lines, summary = [], {}
+    for b in budgets:
+        def acc(p):
+            return mean_ci([r.accuracy for r in rows if r.policy == p and r.budget == b])[0]
+        heur = {p: acc(p) for p in HEURISTICS if any(r.policy == p and r.budget == b for r in rows)}
+        orac = {p: acc(p) for p in ORACLES if any(r.policy == p and r.budget == b for r in rows)}
+        best_h = max(heur, key=heur.get)
+        best_o = max(orac, key=orac.get) if orac else None
+        for name in learned:
+            entry = {}
+            for base in ("fifo", "sink_window"):
+                m, lo, hi = paired(rows, name, base, b)
+                entry[f"minus_{base}"] = (m, lo, hi)
+                lines.append(f"{100 * b:g}% {name} - {base}: {m:+.3f}, 95% CI [{lo:+.3f}, {hi:+.3f}]"
+                             f"{'  (above zero)' if lo > 0 else ''}")
+            if best_o is not None:
+                gap = orac[best_o] - heur[best_h]
+                closed = (acc(name) - heur[best_h]) / gap if gap > 0 else float("nan")
+                entry["gap_closed"] = closed
+                lines.append(f"{100 * b:g}% {name}: closes {100 * closed:.0f}% of the gap between the best "
+                             f"heuristic ({best_h} {heur[best_h]:.3f}) and the best oracle ({best_o} {orac[best_o]:.3f})")
+            summary[f"{b}:{name}"] = entry
+    return "\n".join(lines), summary
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seeds", type=int, default=8)
+    p.add_argument("--videos", type=int, default=16)
     p.add_argument("--frames", type=int, default=10 * DEFAULT_WORLD.clip_frames)
-    p.add_argument("--budgets", default="0.5,0.25,0.125")
+    p.add_argument("--budgets", default="0.25,0.125")
     p.add_argument("--policies", default=",".join(BUDGETED))
-    p.add_argument("--seed", type=int, default=0, help="noise seed of the batch")
+    p.add_argument("--heads", default="", help="extra heads to compare, as name=path,... (run as policy pafu[name])")
+    p.add_argument("--head", default=None, help="the head that the policy 'pafu' uses (default: the committed one)")
+    p.add_argument("--seed", type=int, default=EVAL_SEED, help="noise seed of the batch (default: the evaluation seed)")
+    p.add_argument("--kv-storage", default="model", choices=("model", "int8"))
     p.add_argument("--out", default="out/bench_quality")
     args = p.parse_args(argv)
     torch.set_grad_enabled(False)
     os.makedirs(args.out, exist_ok=True)
     budgets = [float(b) for b in args.budgets.split(",")]
-    policies = args.policies.split(",")
-    student, head = load_world_models()
-    # all seeds run as one batch (row i: style i mod 8, its own noise); each row's cache evicts on its own
-    styles = [i % DEFAULT_WORLD.num_styles for i in range(args.seeds)]
-    bar = Progress(1 + len(budgets) * len(policies), "batched rollouts")
-    refs = rollouts(student, head, "keep_all", None, args.seed, args.frames, styles)
+    policies = [q for q in args.policies.split(",") if q]
+    kw = {"head_path": args.head} if args.head else {}
+    student, head = load_world_models(**kw)
+    heads = {"pafu": head}
+    for item in filter(None, args.heads.split(",")):
+        name, path = item.split("=", 1)
+        heads[f"pafu[{name}]"] = load_head(path)
+        heads[f"pafu[{name}]"].check_backbone(student)
+        policies.append(f"pafu[{name}]")
+    batch = Batch(seed=args.seed, frames=args.frames, styles=[i % DEFAULT_WORLD.num_styles for i in range(args.videos)])
+    bar = tqdm(total=1 + len(budgets) * len(policies), desc="batched rollouts")
+    refs = rollouts(student, None, "keep_all", None, batch, kv_storage=args.kv_storage)
     bar.update()
     rows = list(refs)
     for b in budgets:
         for pol in policies:
-            group = rollouts(student, head, pol, b, args.seed, args.frames, styles)
+            bar.set_postfix(budget=b, policy=pol)
+            name = "pafu" if pol.startswith("pafu") else pol
+            group = rollouts(student, heads.get(pol), name, b, batch, reference=refs, label=pol,
+                             kv_storage=args.kv_storage)
             compare_to_reference(group, refs)
             rows += group
             bar.update()
-    text = (f"tiny world, {args.frames} latent frames, {args.seeds} videos (mean ± std), budgets as "
-            f"fractions of the {DEFAULT_WORLD.clip_frames}-frame training clip, CPU threads "
-            f"{torch.get_num_threads()}\n\n" + table(rows))
-    print(text)
+    bar.close()
+    learned = [q for q in policies if q.startswith("pafu")]
+    text, summary = verdicts(rows, budgets, learned)
+    header = (f"tiny world, {args.frames} latent frames, {args.videos} videos (noise seed {args.seed}), budgets as "
+              f"fractions of the {DEFAULT_WORLD.clip_frames}-frame training clip, K/V storage {args.kv_storage}, "
+              f"CPU threads {torch.get_num_threads()}; chance = {CHANCE:.3f}")
+    report = header + "\n\n" + table(rows) + "\n\n" + text
+    print(report)
     with open(os.path.join(args.out, "results.md"), "w") as fh:
-        fh.write(text + "\n")
-    plot(rows, budgets, policies, os.path.join(args.out, "consistency_vs_budget.png"))
-    print(f"\nwrote {args.out}/results.md and consistency_vs_budget.png")
+        fh.write(report + "\n")
+    per_video = [{"policy": r.policy, "budget": r.budget, "video": r.row, "accuracy": r.accuracy,
+                  "psnr": r.psnr, "change": r.change, "rhythm": r.schedule} for r in rows]
+    with open(os.path.join(args.out, "results.json"), "w") as fh:
+        json.dump({"header": header, "verdicts": summary, "videos": per_video}, fh, indent=1)
+    plot_accuracy_vs_budget(rows, budgets, ["keep_all"] + policies, os.path.join(args.out, "accuracy_vs_budget.png"),
+                            chance=CHANCE)
+    print(f"\nwrote {args.out}/results.md, results.json and accuracy_vs_budget.png")
 
 
 if __name__ == "__main__":

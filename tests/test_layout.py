@@ -30,3 +30,26 @@ def test_entry_point_loads_as_a_plain_module_too():
             "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); print(m.WEB_DIRECTORY)")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "./web" in proc.stdout, proc.stderr
+
+
+def test_example_wan_config_parses_into_a_distillation_config():
+    from pafu_core.distill import _parse
+    cfg = _parse(["--config", os.path.join(ROOT, "configs", "distill_wan21_1.3b.json")])
+    assert cfg.targets == "future_student" and cfg.sse_source == "student" and cfg.rescore
+    assert cfg.latent_size == (60, 104) and cfg.feature_tokens > 0 and cfg.device == "cuda"
+
+
+def test_registry_metadata_and_requirements_agree():
+    import base64
+    import io
+    import tomllib
+
+    from PIL import Image
+    meta = tomllib.load(open(os.path.join(ROOT, "pyproject.toml"), "rb"))
+    deps = meta["project"]["dependencies"]
+    reqs = [line.strip() for line in open(os.path.join(ROOT, "requirements.txt"))
+            if line.strip() and not line.startswith("#")]
+    assert sorted(deps) == sorted(reqs) and not any(r.startswith("torch") for r in reqs)
+    icon = meta["tool"]["comfy"]["Icon"]
+    assert icon.startswith("data:image/png;base64,")
+    assert Image.open(io.BytesIO(base64.b64decode(icon.split(",", 1)[1]))).size == (64, 64)

@@ -16,15 +16,25 @@ import os
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKFLOWS = os.path.join(ROOT, "workflows")
 
+# Model files and URLs exactly as ComfyUI's own templates name them (comfyui-workflow-templates 0.11.1:
+# video_causal_forcing_i2v.json); a file no template names gets no URL (see the workflow's note).
 TEMPLATE_VAE = {"name": "wan_2.1_vae.safetensors", "directory": "vae",
                 "url": "https://huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/main/split_files/vae/wan_2.1_vae.safetensors"}
 TEMPLATE_T5 = {"name": "umt5_xxl_fp8_e4m3fn_scaled.safetensors", "directory": "text_encoders",
                "url": "https://huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/main/split_files/text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors"}
-SELF_FORCING = {"name": "self_forcing_dmd.pt", "directory": "diffusion_models",
-                "url": "https://huggingface.co/gdhe17/Self-Forcing/resolve/main/checkpoints/self_forcing_dmd.pt"}
+TEMPLATE_CAUSAL_FORCING = {"name": "causal_forcing-framewise.safetensors", "directory": "diffusion_models",
+                           "url": "https://huggingface.co/TalmajM/causal_forcing_framewise_ComfyUI_repackaged/resolve/main/split_files/diffusion_models/causal_forcing-framewise.safetensors"}
+SELF_FORCING_SAFETENSORS = "self_forcing_dmd.safetensors"     # made by python -m pafu_core.convert: no URL
+SELF_FORCING_PT_PAGE = "https://huggingface.co/gdhe17/Self-Forcing (checkpoints/self_forcing_dmd.pt)"
 WAN_HEAD_NAME = "pafu_wan21_self_forcing_1.3b.safetensors"
+TINY_STUDENT = "pafu_tiny_world_student.safetensors"
+NEGATIVE = ("static, blurry details, subtitles, worst quality, low quality, JPEG artifacts, deformed, "
+            "extra fingers, poorly drawn hands, poorly drawn face, cluttered background")
 
 TINY_FRAMES = 360          # 10x the tiny world's 36-frame training clip
+HEAD_NOTE = ("The salience head: no public PaFu-KV head for Wan exists yet. Distil one with "
+             "`python -m pafu_core.distill --config configs/distill_wan21_1.3b.json` and put it in "
+             f"`models/pafu_heads` as `{WAN_HEAD_NAME}`, or switch the budget's policy to `sink_window`.")
 
 
 def sampler(key, x, y, cache, seed=7):
@@ -39,31 +49,35 @@ def budget(key, x, y, policy, sink=0, reference=36, value=0.25):
                         "reference_frames": reference}}
 
 
-def tiny_common():
+def tiny_common(frames=TINY_FRAMES):
+    """The tiny model with its flow shift set by ModelSamplingSD3 (ComfyUI before 0.27 loads it as a plain
+    WanModel with Wan's default shift), its scene and its head."""
     nodes = [
         {"key": "model", "type": "PaFuTinyWorldModel", "pos": [0, 0]},
-        {"key": "shift", "type": "ModelSamplingSD3", "pos": [0, 120], "widgets": {"shift": 5.0}},
-        {"key": "scene", "type": "PaFuTinyWorldScene", "pos": [0, 260],
-         "widgets": {"style": "blue", "latent_frames": TINY_FRAMES, "batch_size": 1}},
-        {"key": "head", "type": "PaFuSalienceHeadLoader", "pos": [0, 440],
+        {"key": "shift", "type": "ModelSamplingSD3", "pos": [0, 110], "widgets": {"shift": 5.0}},
+        {"key": "scene", "type": "PaFuTinyWorldScene", "pos": [0, 230],
+         "widgets": {"style": "blue", "latent_frames": frames, "batch_size": 1}},
+        {"key": "head", "type": "PaFuSalienceHeadLoader", "pos": [0, 410],
          "widgets": {"source": "local", "head_name": "pafu_tiny_world.safetensors"}},
     ]
-    links = [("model", "model", "shift", "model")]
-    return nodes, links
+    return nodes, [("model", "model", "shift", "model")]
+
+
+def webp(key, x, y, prefix):
+    return {"key": key, "type": "SaveAnimatedWEBP", "pos": [x, y],
+            "widgets": {"filename_prefix": prefix, "fps": 12.0, "lossless": True, "quality": 80, "method": "default"}}
 
 
 def tiny_long_video():
     nodes, links = tiny_common()
     nodes += [
-        budget("budget", 0, 640, "pafu"),
+        budget("budget", 0, 610, "pafu"),
         sampler("sampler", 420, 0, "budget"),
         {"key": "decode", "type": "PaFuTinyWorldDecode", "pos": [800, 0], "widgets": {"scale": 8}},
-        {"key": "save", "type": "SaveAnimatedWEBP", "pos": [1100, 0],
-         "widgets": {"filename_prefix": "pafu_tiny_long", "fps": 12.0, "lossless": True, "quality": 80, "method": "default"}},
+        webp("save", 1100, 0, "pafu_tiny_long"),
         {"key": "report", "type": "PaFuCacheReport", "pos": [800, 420]},
         {"key": "curves", "type": "SaveImage", "pos": [1100, 420], "widgets": {"filename_prefix": "pafu_tiny_long_curves"}},
-        {"key": "kept", "type": "SaveAnimatedWEBP", "pos": [1100, 760],
-         "widgets": {"filename_prefix": "pafu_tiny_long_kept", "fps": 12.0, "lossless": True, "quality": 80, "method": "default"}},
+        webp("kept", 1100, 760, "pafu_tiny_long_kept"),
     ]
     links += [("shift", "MODEL", "sampler", "model"), ("scene", "positive", "sampler", "positive"),
               ("scene", "latent", "sampler", "latent"), ("budget", "cache", "sampler", "cache"),
@@ -77,57 +91,193 @@ def tiny_long_video():
 COMPARED = (("keep_all", 0), ("fifo", 0), ("sink_window", 1), ("pafu", 0))
 
 
+def stitch_row(nodes, links, sources, prefix, x, y):
+    """ImageStitch the (node, output) sources left to right; returns the last stitch's key."""
+    prev = sources[0]
+    for i, src in enumerate(sources[1:]):
+        key = f"{prefix}_stitch_{i}"
+        nodes.append({"key": key, "type": "ImageStitch", "pos": [x, y + 140 * i],
+                      "widgets": {"direction": "right", "match_image_size": False, "spacing_width": 8,
+                                  "spacing_color": "white"}})
+        links += [(prev[0], prev[1], key, "image1"), (src[0], src[1], key, "image2")]
+        prev = (key, "IMAGE")
+    return prev[0]
+
+
 def tiny_comparison():
     nodes, links = tiny_common()
     for i, (policy, sink) in enumerate(COMPARED):
-        nodes.append(budget(f"budget_{policy}", 0, 660 + 340 * i, policy, sink=sink))
+        nodes.append(budget(f"budget_{policy}", 0, 610 + 300 * i, policy, sink=sink))
         nodes.append(sampler(f"sampler_{policy}", 420, 380 * i, f"budget_{policy}"))
         nodes.append({"key": f"decode_{policy}", "type": "PaFuTinyWorldDecode", "pos": [800, 380 * i], "widgets": {"scale": 8}})
+        nodes.append({"key": f"report_{policy}", "type": "PaFuCacheReport", "pos": [1100, 380 * i]})
         links += [("shift", "MODEL", f"sampler_{policy}", "model"), ("scene", "positive", f"sampler_{policy}", "positive"),
                   ("scene", "latent", f"sampler_{policy}", "latent"), (f"budget_{policy}", "cache", f"sampler_{policy}", "cache"),
-                  (f"sampler_{policy}", "latent", f"decode_{policy}", "latent")]
+                  (f"sampler_{policy}", "latent", f"decode_{policy}", "latent"),
+                  (f"sampler_{policy}", "report", f"report_{policy}", "report"),
+                  (f"decode_{policy}", "frames", f"report_{policy}", "frames")]
         if policy == "pafu":
             links.append(("head", "head", f"sampler_{policy}", "head"))
-    prev = "decode_keep_all"
-    for i, (policy, _) in enumerate(COMPARED[1:]):
-        key = f"stitch_{i}"
-        nodes.append({"key": key, "type": "ImageStitch", "pos": [1100, 220 * i],
-                      "widgets": {"direction": "right", "match_image_size": False, "spacing_width": 8, "spacing_color": "white"}})
-        links += [(prev, "IMAGE" if prev.startswith("stitch") else "frames", key, "image1"),
-                  (f"decode_{policy}", "frames", key, "image2")]
-        prev = key
+    videos = stitch_row(nodes, links, [(f"decode_{p}", "frames") for p, _ in COMPARED], "video", 1450, 0)
+    kept = stitch_row(nodes, links, [(f"report_{p}", "kept_tokens") for p, _ in COMPARED[1:]], "kept", 1450, 460)
     nodes += [
-        {"key": "save", "type": "SaveAnimatedWEBP", "pos": [1450, 0],
-         "widgets": {"filename_prefix": "pafu_tiny_compare", "fps": 12.0, "lossless": True, "quality": 80, "method": "default"}},
-        {"key": "report", "type": "PaFuCacheReport", "pos": [1100, 760]},
-        {"key": "curves", "type": "SaveImage", "pos": [1450, 760], "widgets": {"filename_prefix": "pafu_tiny_compare_curves"}},
-        {"key": "note", "type": "MarkdownNote", "pos": [1450, 420], "size": [380, 200],
-         "text": "**Same seed, same budget (25% of the 36-frame training clip), four policies** — left to right: "
-                 "keep-all (unbounded reference), FIFO, sink + window, PaFu. The scene is hidden for 15 frames "
-                 "between appearances, longer than the FIFO window: watch which policies bring it back as it was."},
+        webp("save", 1800, 0, "pafu_tiny_compare"),
+        webp("save_kept", 1800, 460, "pafu_tiny_compare_kept"),
+        {"key": "curves", "type": "SaveImage", "pos": [1800, 800], "widgets": {"filename_prefix": "pafu_tiny_compare_curves"}},
+        {"key": "note", "type": "MarkdownNote", "pos": [1450, 860], "size": [420, 240],
+         "text": "**Same seed, same budget (25% of the 36-frame training clip), four policies** - left to right: "
+                 "keep-all (unbounded reference), FIFO, sink + window, PaFu. Three objects hide for 12 frames, "
+                 "longer than the FIFO window, and must come back with the colours they had last. The second "
+                 "video shows, for FIFO, sink + window and PaFu, which tokens each cache still holds at the end "
+                 "(bright = kept): PaFu keeps the objects' latest appearance, FIFO only the last frames."},
     ]
-    links += [(prev, "IMAGE", "save", "images"), ("sampler_pafu", "report", "report", "report"),
-              ("decode_pafu", "frames", "report", "frames"), ("sampler_fifo", "report", "report", "report_b"),
-              ("sampler_sink_window", "report", "report", "report_c"), ("sampler_keep_all", "report", "report", "report_d"),
-              ("report", "curves", "curves", "images")]
+    links += [(videos, "IMAGE", "save", "images"), (kept, "IMAGE", "save_kept", "images"),
+              ("report_pafu", "curves", "curves", "images")]
+    for other, slot in (("fifo", "report_b"), ("sink_window", "report_c"), ("keep_all", "report_d")):
+        links.append((f"sampler_{other}", "report", "report_pafu", slot))
+    return nodes, links
+
+
+def core_ar(nodes, links, model_key, model_out, positive, latent, block, x, y, negative=None, seed=7):
+    """Core's own AR graph: RandomNoise, BasicScheduler (simple, 4 steps), SamplerARVideo, guider, SCA."""
+    guider = ({"key": "guider", "type": "CFGGuider", "pos": [x, y], "widgets": {"cfg": 1.0}} if negative else
+              {"key": "guider", "type": "BasicGuider", "pos": [x, y]})
+    nodes += [
+        guider,
+        {"key": "noise", "type": "RandomNoise", "pos": [x, y + 140],
+         "widgets": {"noise_seed": seed, "control_after_generate": "fixed"}},
+        {"key": "ar", "type": "SamplerARVideo", "pos": [x, y + 260], "widgets": {"num_frame_per_block": block}},
+        {"key": "sigmas", "type": "BasicScheduler", "pos": [x, y + 370],
+         "widgets": {"scheduler": "simple", "steps": 4, "denoise": 1.0}},
+        {"key": "sca", "type": "SamplerCustomAdvanced", "pos": [x + 380, y]},
+    ]
+    links += [(model_key, model_out, "guider", "model"), (model_key, model_out, "sigmas", "model"),
+              ("noise", "NOISE", "sca", "noise"), ("guider", "GUIDER", "sca", "guider"),
+              ("ar", "SAMPLER", "sca", "sampler"), ("sigmas", "SIGMAS", "sca", "sigmas"),
+              (latent[0], latent[1], "sca", "latent_image")]
+    if negative:
+        links += [(positive[0], positive[1], "guider", "positive"), (negative[0], negative[1], "guider", "negative")]
+    else:
+        links.append((positive[0], positive[1], "guider", "conditioning"))
+
+
+def tiny_core_ar():
+    nodes = [
+        {"key": "unet", "type": "UNETLoader", "pos": [0, 0], "widgets": {"unet_name": TINY_STUDENT, "weight_dtype": "default"}},
+        {"key": "scene", "type": "PaFuTinyWorldScene", "pos": [0, 140],
+         "widgets": {"style": "blue", "latent_frames": TINY_FRAMES, "batch_size": 1}},
+        {"key": "head", "type": "PaFuSalienceHeadLoader", "pos": [0, 320],
+         "widgets": {"source": "local", "head_name": "pafu_tiny_world.safetensors"}},
+        budget("budget", 0, 520, "pafu"),
+        {"key": "patch", "type": "PaFuKVCachePatch", "pos": [400, 0]},
+        {"key": "decode", "type": "PaFuTinyWorldDecode", "pos": [1200, 0], "widgets": {"scale": 8}},
+        webp("save", 1500, 0, "pafu_tiny_core_ar"),
+        {"key": "note", "type": "MarkdownNote", "pos": [1200, 300], "size": [420, 260],
+         "text": "**ComfyUI's own autoregressive sampler with a PaFu cache** (ComfyUI 0.27+): core's `UNETLoader` "
+                 f"loads the tiny world's causal student (`{TINY_STUDENT}`, shipped with the pack) as a "
+                 "`CausalWanModel`; **PaFu KV Cache Patch** bounds the cache of `SamplerARVideo` (3 frames per "
+                 "block) at 25% of the 36-frame training clip, for a 360-frame video. The latent comes from "
+                 "PaFu Tiny World Scene: core's EmptyARVideoLatent assumes Wan's 4x VAE stride."},
+    ]
+    links = [("unet", "MODEL", "patch", "model"), ("budget", "cache", "patch", "cache"), ("head", "head", "patch", "head")]
+    core_ar(nodes, links, "patch", "model", ("scene", "positive"), ("scene", "latent"), 3, 400, 200)
+    links += [("sca", "output", "decode", "latent"), ("decode", "frames", "save", "images")]
+    return nodes, links
+
+
+def wan_text_nodes(prompt, x=0, y=200):
+    return [
+        {"key": "clip", "type": "CLIPLoader", "pos": [x, y], "models": [TEMPLATE_T5],
+         "widgets": {"clip_name": TEMPLATE_T5["name"], "type": "wan", "device": "default"}},
+        {"key": "text", "type": "CLIPTextEncode", "pos": [x + 380, y], "size": [420, 160], "widgets": {"text": prompt}},
+        {"key": "neg", "type": "CLIPTextEncode", "pos": [x + 380, y + 200], "size": [420, 120], "widgets": {"text": NEGATIVE}},
+        {"key": "vae", "type": "VAELoader", "pos": [x, y + 160], "models": [TEMPLATE_VAE],
+         "widgets": {"vae_name": TEMPLATE_VAE["name"]}},
+    ]
+
+
+def wan_head_budget(x, y, reference=21):
+    return [budget("budget", x, y, "pafu", reference=reference),
+            {"key": "head", "type": "PaFuSalienceHeadLoader", "pos": [x, y + 330],
+             "widgets": {"source": "local", "head_name": WAN_HEAD_NAME}}]
+
+
+def video_out(nodes, links, latent_src, x, y, prefix, fps=16):
+    nodes += [{"key": "decode", "type": "VAEDecode", "pos": [x, y]},
+              {"key": "video", "type": "CreateVideo", "pos": [x, y + 120], "widgets": {"fps": fps}},
+              {"key": "save", "type": "SaveVideo", "pos": [x + 300, y],
+               "widgets": {"filename_prefix": prefix, "format": "auto", "codec": "auto"}}]
+    links += [(latent_src[0], latent_src[1], "decode", "samples"), ("vae", "VAE", "decode", "vae"),
+              ("decode", "IMAGE", "video", "images"), ("video", "VIDEO", "save", "video")]
+
+
+def wan_causal_forcing_i2v():
+    prompt = ("A blonde girl rides a white wolf running forward at night, camera locked on them, "
+              "always centered in the shot.")
+    nodes = [{"key": "unet", "type": "UNETLoader", "pos": [0, 0], "models": [TEMPLATE_CAUSAL_FORCING],
+              "widgets": {"unet_name": TEMPLATE_CAUSAL_FORCING["name"], "weight_dtype": "default"}},
+             {"key": "image", "type": "LoadImage", "pos": [0, 560]}]
+    nodes += wan_text_nodes(prompt) + wan_head_budget(0, 900)
+    nodes += [{"key": "patch", "type": "PaFuKVCachePatch", "pos": [850, 0]},
+              {"key": "i2v", "type": "ARVideoI2V", "pos": [850, 160],
+               "widgets": {"width": 832, "height": 480, "length": 321, "batch_size": 1}},
+              {"key": "note", "type": "MarkdownNote", "pos": [850, 560], "size": [440, 320],
+               "text": "**Wan 2.1 Causal Forcing image-to-video with a bounded cache** - built like ComfyUI's own "
+                       "template (`video_causal_forcing_i2v`: ARVideoI2V, SamplerARVideo at 1 frame per block, 4 "
+                       "steps, CFG 1) with **PaFu KV Cache Patch** between the loader and ARVideoI2V: 321 frames "
+                       "(81 latent frames, four times the template's cap) at 25% of the 21-frame window. The "
+                       "start image's latent is kept like a sink.\n\nModels (the frontend offers the downloads): "
+                       "`causal_forcing-framewise.safetensors`, `umt5_xxl_fp8_e4m3fn_scaled.safetensors`, "
+                       "`wan_2.1_vae.safetensors`.\n\n" + HEAD_NOTE}]
+    links = [("unet", "MODEL", "patch", "model"), ("budget", "cache", "patch", "cache"), ("head", "head", "patch", "head"),
+             ("patch", "model", "i2v", "model"), ("vae", "VAE", "i2v", "vae"), ("image", "IMAGE", "i2v", "start_image"),
+             ("clip", "CLIP", "text", "clip"), ("clip", "CLIP", "neg", "clip")]
+    core_ar(nodes, links, "i2v", "MODEL", ("text", "CONDITIONING"), ("i2v", "LATENT"), 1, 1350, 0,
+            negative=("neg", "CONDITIONING"), seed=42)
+    video_out(nodes, links, ("sca", "output"), 2150, 0, "video/pafu_causal_forcing_i2v")
+    return nodes, links
+
+
+def wan_causal_t2v():
+    prompt = ("A red fox trots along a snowy forest path at dawn, soft golden light through the pines, "
+              "breath visible in the cold air, the camera tracking beside it, cinematic, detailed fur.")
+    nodes = [{"key": "unet", "type": "UNETLoader", "pos": [0, 0],
+              "widgets": {"unet_name": SELF_FORCING_SAFETENSORS, "weight_dtype": "default"}}]
+    nodes += wan_text_nodes(prompt) + wan_head_budget(0, 580)
+    nodes += [{"key": "patch", "type": "PaFuKVCachePatch", "pos": [850, 0]},
+              {"key": "latent", "type": "EmptyARVideoLatent", "pos": [850, 160],
+               "widgets": {"width": 832, "height": 480, "length": 333, "batch_size": 1}},
+              {"key": "note", "type": "MarkdownNote", "pos": [850, 400], "size": [440, 340],
+               "text": "**Wan 2.1 causal text-to-video (Self-Forcing, chunk-wise) with a bounded cache** on ComfyUI's "
+                       "own AR sampler: EmptyARVideoLatent (333 frames = 84 latent frames, four times Self-Forcing's "
+                       "21-frame cache), **PaFu KV Cache Patch** at 25% of that window, SamplerARVideo at 3 frames "
+                       "per block.\n\nThe model: no ComfyUI template names a chunk-wise Self-Forcing safetensors. "
+                       f"Download `self_forcing_dmd.pt` from {SELF_FORCING_PT_PAGE} and convert it: "
+                       "`python -m pafu_core.convert self_forcing_dmd.pt models/diffusion_models/"
+                       f"{SELF_FORCING_SAFETENSORS}` (marks it causal-AR for UNETLoader). Text encoder and VAE: "
+                       "the frontend offers the downloads.\n\n" + HEAD_NOTE}]
+    links = [("unet", "MODEL", "patch", "model"), ("budget", "cache", "patch", "cache"), ("head", "head", "patch", "head"),
+             ("clip", "CLIP", "text", "clip"), ("clip", "CLIP", "neg", "clip")]
+    core_ar(nodes, links, "patch", "model", ("text", "CONDITIONING"), ("latent", "LATENT"), 3, 1350, 0,
+            negative=("neg", "CONDITIONING"), seed=42)
+    video_out(nodes, links, ("sca", "output"), 2150, 0, "video/pafu_causal_t2v")
     return nodes, links
 
 
 def wan_self_forcing():
+    """The all-in-one sampler on a Wan checkpoint: works on every supported ComfyUI (0.8.0 included)."""
     prompt = ("A red fox trots along a snowy forest path at dawn, soft golden light through the pines, "
               "breath visible in the cold air, the camera tracking beside it, cinematic, detailed fur.")
     nodes = [
-        {"key": "ckpt", "type": "PaFuARCheckpointLoader", "pos": [0, 0], "models": [SELF_FORCING],
-         "widgets": {"ckpt_name": SELF_FORCING["name"], "weight_dtype": "default"}},
-        {"key": "shift", "type": "ModelSamplingSD3", "pos": [0, 140], "widgets": {"shift": 5.0}},
-        {"key": "clip", "type": "CLIPLoader", "pos": [0, 280], "models": [TEMPLATE_T5],
+        {"key": "unet", "type": "UNETLoader", "pos": [0, 0],
+         "widgets": {"unet_name": SELF_FORCING_SAFETENSORS, "weight_dtype": "default"}},
+        {"key": "shift", "type": "ModelSamplingSD3", "pos": [0, 120], "widgets": {"shift": 5.0}},
+        {"key": "clip", "type": "CLIPLoader", "pos": [0, 260], "models": [TEMPLATE_T5],
          "widgets": {"clip_name": TEMPLATE_T5["name"], "type": "wan", "device": "default"}},
-        {"key": "text", "type": "CLIPTextEncode", "pos": [380, 280], "size": [420, 160], "widgets": {"text": prompt}},
-        {"key": "latent", "type": "EmptyHunyuanLatentVideo", "pos": [0, 460],
+        {"key": "text", "type": "CLIPTextEncode", "pos": [380, 260], "size": [420, 160], "widgets": {"text": prompt}},
+        {"key": "latent", "type": "EmptyHunyuanLatentVideo", "pos": [0, 440],
          "widgets": {"width": 832, "height": 480, "length": 165, "batch_size": 1}},
-        budget("budget", 0, 640, "pafu", reference=21),
-        {"key": "head", "type": "PaFuSalienceHeadLoader", "pos": [0, 990],
-         "widgets": {"source": "local", "head_name": WAN_HEAD_NAME}},
+        *wan_head_budget(0, 640),
         sampler("sampler", 850, 0, "budget", seed=42),
         {"key": "vae", "type": "VAELoader", "pos": [850, 420], "models": [TEMPLATE_VAE],
          "widgets": {"vae_name": TEMPLATE_VAE["name"]}},
@@ -136,15 +286,15 @@ def wan_self_forcing():
          "widgets": {"filename_prefix": "pafu_self_forcing", "fps": 16.0, "lossless": False, "quality": 90, "method": "default"}},
         {"key": "report", "type": "PaFuCacheReport", "pos": [1200, 420]},
         {"key": "curves", "type": "SaveImage", "pos": [1450, 420], "widgets": {"filename_prefix": "pafu_self_forcing_curves"}},
-        {"key": "note", "type": "MarkdownNote", "pos": [380, 520], "size": [420, 300],
-         "text": "**Wan 2.1 Self-Forcing 1.3B with PaFu-KV at 25% of the 21-frame cache** (165 frames = 42 latent "
-                 "frames, twice Self-Forcing's window).\n\nModels: `self_forcing_dmd.pt` in `models/diffusion_models` "
-                 "(gdhe17/Self-Forcing), `umt5_xxl_fp8_e4m3fn_scaled.safetensors` in `models/text_encoders`, "
-                 "`wan_2.1_vae.safetensors` in `models/vae`.\n\nThe salience head: no public PaFu-KV head for Wan "
-                 f"exists yet. Distil one with `python -m pafu_core.distill --student self_forcing_dmd.pt ...` and put it "
-                 f"in `models/pafu_heads` as `{WAN_HEAD_NAME}`, or switch the budget's policy to `sink_window`."},
+        {"key": "note", "type": "MarkdownNote", "pos": [380, 500], "size": [420, 320],
+         "text": "**Wan 2.1 Self-Forcing 1.3B with PaFu-KV at 25% of the 21-frame cache**, through the pack's own "
+                 "PaFu AR Chunk Sampler (any supported ComfyUI, 0.8.0 included): 165 frames = 42 latent frames, "
+                 "twice Self-Forcing's window.\n\nThe model: download `self_forcing_dmd.pt` from "
+                 f"{SELF_FORCING_PT_PAGE} and convert it: `python -m pafu_core.convert self_forcing_dmd.pt "
+                 f"models/diffusion_models/{SELF_FORCING_SAFETENSORS}` (or load the .pt with the PaFu AR "
+                 "Checkpoint Loader). Text encoder and VAE: the frontend offers the downloads.\n\n" + HEAD_NOTE},
     ]
-    links = [("ckpt", "model", "shift", "model"), ("clip", "CLIP", "text", "clip"),
+    links = [("unet", "MODEL", "shift", "model"), ("clip", "CLIP", "text", "clip"),
              ("shift", "MODEL", "sampler", "model"), ("text", "CONDITIONING", "sampler", "positive"),
              ("latent", "LATENT", "sampler", "latent"), ("budget", "cache", "sampler", "cache"),
              ("head", "head", "sampler", "head"), ("sampler", "latent", "decode", "samples"),
@@ -157,8 +307,13 @@ def wan_self_forcing():
 SPECS = {
     "pafu_tiny_world_long_video": tiny_long_video,
     "pafu_tiny_world_policy_comparison": tiny_comparison,
+    "pafu_tiny_world_core_ar": tiny_core_ar,
+    "pafu_wan21_causal_forcing_i2v": wan_causal_forcing_i2v,
+    "pafu_wan21_causal_t2v": wan_causal_t2v,
     "pafu_wan21_self_forcing_t2v": wan_self_forcing,
 }
+#: the workflows that need ComfyUI's native AR nodes (0.27+)
+CORE_AR = ("pafu_tiny_world_core_ar", "pafu_wan21_causal_forcing_i2v", "pafu_wan21_causal_t2v")
 
 BUILD_JS = """
 ({nodes, links}) => {

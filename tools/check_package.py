@@ -13,11 +13,14 @@ import tempfile
 import zipfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-REQUIRED = ["__init__.py", "pyproject.toml", "requirements.txt", "README.md", "LICENSE", "nodes/sampler.py",
-            "pafu_core/cache.py", "web/js/pafu_live.js", "web/js/pafu_chart.js", "web/docs/PaFuARChunkSampler.md",
-            "pafu_core/world/assets/models/tiny_world_student.safetensors",
+REQUIRED = ["__init__.py", "pyproject.toml", "requirements.txt", "README.md", "LICENSE", "docs/paper.md",
+            "nodes/sampler.py", "nodes/cache_patch.py", "pafu_core/cache.py", "pafu_core/native.py",
+            "web/js/pafu_live.js", "web/js/pafu_chart.js", "web/docs/PaFuARChunkSampler.md",
+            "web/docs/PaFuKVCachePatch.md",
+            "pafu_core/world/assets/diffusion_models/pafu_tiny_world_student.safetensors",
             "pafu_core/world/assets/heads/pafu_tiny_world.safetensors",
-            "workflows/pafu_tiny_world_long_video.json", "workflows/pafu_tiny_world_long_video.jpg"]
+            "workflows/pafu_tiny_world_long_video.json", "workflows/pafu_tiny_world_long_video.jpg",
+            "workflows/pafu_tiny_world_core_ar.json", "workflows/pafu_tiny_world_core_ar.jpg"]
 FORBIDDEN_PREFIXES = ("tests/", "benchmarks/", "tools/", ".ci/", "runs/", "artifacts/")
 
 

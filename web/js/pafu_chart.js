@@ -44,7 +44,8 @@ export function renderSvg(state, width = 280, height = 90) {
   const pts = layout(state, width, height);
   const line = pts.map((p) => `${p.x.toFixed(1)},${p.y.toFixed(1)}`).join(" ");
   const dots = pts.map((p) => `<circle class="pafu-point" cx="${p.x.toFixed(1)}" cy="${p.y.toFixed(1)}" r="2.5"></circle>`).join("");
-  return `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}">` +
+  return `<svg xmlns="http://www.w3.org/2000/svg" width="100%" height="100%" viewBox="0 0 ${width} ${height}" ` +
+    `preserveAspectRatio="none">` +
     `<rect width="${width}" height="${height}" fill="#1b1b1b"></rect>` +
     `<polyline points="${line}" fill="none" stroke="#f39c12" stroke-width="1.5"></polyline>` +
     `<g fill="#f39c12">${dots}</g></svg>`;

@@ -1,0 +1,87 @@
+"""The README's ablation: distil one head per variant (targets, re-scoring, age input, training data),
+then score every head on the tiny world's truth beside the heuristics and the oracles (prints numbers).
+
+    python benchmarks/ablation.py --out runs/ablation                   # about an hour on 2 CPU cores
+    python benchmarks/ablation.py --variants winner,entry_only --videos 8
+
+Variants are chosen on the *tuning* seed (``--seed``, default the tuning batch), never on the
+evaluation seed that ``bench_quality.py`` reports. The student's own rollouts are generated once
+(``rollouts.safetensors``) and shared by every variant trained on rollouts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from pafu_core.distill import DistillConfig, distill  # noqa: E402
+from pafu_core.world import assets  # noqa: E402
+from pafu_core.world.clips import world_clips  # noqa: E402
+from pafu_core.world.evaluate import TUNING_SEED  # noqa: E402
+from pafu_core.world.scenes import DEFAULT_WORLD  # noqa: E402
+
+#: the shipped head's recipe; every variant below changes one thing
+BASE = dict(student=assets.STUDENT, teacher=assets.TEACHER, contexts="tiny_world", rollouts=28, heldout=4,
+            rollout_frames=72, chunk_frames=3, targets="future_student", rescore=True, hidden=32,
+            rescore_hidden=16, steps=600, rescore_steps=600, lr=3e-3, age_unit=float(DEFAULT_WORLD.clip_frames),
+            eval_budget=0, seed=0)
+VARIANTS = {
+    "winner": {},
+    "sse_teacher_noisy": dict(targets="sse_teacher_noisy"),
+    "future_teacher_noisy": dict(targets="future_teacher_noisy"),
+    "sse_teacher_clean": dict(targets="sse_teacher_clean"),
+    "entry_only": dict(rescore=False),
+    "paper_entry_only": dict(targets="sse_teacher_clean", rescore=False),
+    "no_age": dict(rescore_inputs=("entry", "newer")),
+    "world_clips": dict(clips="world"),            # ground-truth world clips instead of the student's rollouts
+}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--out", default="runs/ablation")
+    p.add_argument("--videos", type=int, default=16)
+    p.add_argument("--frames", type=int, default=10 * DEFAULT_WORLD.clip_frames)
+    p.add_argument("--seed", type=int, default=TUNING_SEED, help="noise seed of the scoring batch (tuning)")
+    p.add_argument("--budgets", default="0.25,0.125")
+    args = p.parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+    rollouts = os.path.join(args.out, "rollouts.safetensors")
+    heads = {}
+    for name in args.variants.split(","):
+        fields = dict(BASE, **VARIANTS[name])
+        if fields.get("clips") == "world":
+            path = os.path.join(args.out, "world_clips.safetensors")
+            if not os.path.exists(path):
+                from safetensors.torch import save_file
+                lat, ctx = world_clips(fields["rollouts"], DEFAULT_WORLD.clip_frames, seed=7)
+                save_file({"latents": lat.contiguous(), "context": ctx.contiguous()}, path)
+            fields.update(clips=path, rollout_frames=DEFAULT_WORLD.clip_frames)
+        elif os.path.exists(rollouts):
+            fields["clips"] = rollouts
+        else:
+            fields["save_clips"] = rollouts
+        out = os.path.join(args.out, f"head_{name}.safetensors")
+        if not os.path.exists(out):
+            print(f"== distilling {name}: {json.dumps(VARIANTS[name])}", flush=True)
+            with torch.no_grad():
+                _, metrics = distill(DistillConfig(**fields, out=out))
+            print(json.dumps({k: v for k, v in metrics.items() if k != "timing"}), flush=True)
+        heads[name] = out
+    from benchmarks import bench_quality
+    bench_quality.main(["--videos", str(args.videos), "--frames", str(args.frames), "--seed", str(args.seed),
+                        "--budgets", args.budgets, "--policies", "fifo,sink_window,random,oracle_world,oracle_causal",
+                        "--heads", ",".join(f"{k}={v}" for k, v in heads.items()),
+                        "--head", heads.get("winner", assets.HEAD), "--out", os.path.join(args.out, "quality")])
+
+
+if __name__ == "__main__":
+    main()
