@@ -49,8 +49,12 @@ class Header:
     metadata: dict[str, str]
 
 
-def looks_like_pickle(start: bytes) -> bool:
-    """torch.save / pickle files start with a pickle opcode or a zip signature."""
+def looks_like_pickle(start: bytes, size: int) -> bool:
+    """torch.save / pickle files start with a pickle opcode or a zip signature. A safetensors file can
+    start with the same bytes (its header length, little-endian: 0x80 is 128 mod 256), so a start that
+    reads as a fitting header length followed by the JSON header's '{' is never taken for a pickle."""
+    if len(start) >= 9 and start[8:9] == b"{" and 2 <= int.from_bytes(start[:8], "little") <= size - 8:
+        return False
     return start[:1] == b"\x80" or start[:2] == b"PK"
 
 
@@ -68,13 +72,14 @@ def read_header(path: str | os.PathLike, what: str = "file", max_header_bytes: i
     if size == 0:
         fail("the file is empty")
     with open(path, "rb") as fh:
-        start = fh.read(8)
-        if looks_like_pickle(start):
+        start = fh.read(9)
+        fh.seek(8)
+        if looks_like_pickle(start, size):
             fail("this is a pickle / torch.save file; only safetensors files are read here, because a "
                  "pickle can run arbitrary code when it is loaded")
         if len(start) < 8:
             fail(f"the file is only {size} bytes, too short to be a safetensors file")
-        n = int.from_bytes(start, "little")
+        n = int.from_bytes(start[:8], "little")
         if n < 2 or n > size - 8:
             fail("not a safetensors file, or a truncated one (its header length does not fit the file)")
         if n > max_header_bytes:

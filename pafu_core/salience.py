@@ -203,7 +203,14 @@ def save_head(head: SalienceHead, path: str | os.PathLike) -> None:
     from safetensors.torch import save_file
     tensors = {name: getattr(head, name).detach().to("cpu", torch.float32).contiguous()
                for name in head.config.tensor_shapes()}
-    save_file(tensors, os.fspath(path), metadata={"pafu": json.dumps(head.config.metadata(), sort_keys=True)})
+    path = os.fspath(path)
+    tmp = f"{path}.tmp{os.getpid()}"        # written whole, then renamed: an interrupted save leaves no half file
+    try:
+        save_file(tensors, tmp, metadata={"pafu": json.dumps(head.config.metadata(), sort_keys=True)})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def _config_from_metadata(meta: dict, fail) -> HeadConfig:

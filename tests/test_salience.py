@@ -117,6 +117,29 @@ def test_pickle_and_torch_files_refused(tmp_path, runner):
         load_head(pk)
 
 
+@pytest.mark.parametrize("first_bytes", [b"\x80\x02", b"\x80\x04", b"PK"])
+def test_a_head_whose_header_length_starts_like_a_pickle_loads(tmp_path, runner, first_bytes):
+    """A safetensors file begins with its header length; when that reads like a pickle opcode or a zip
+    signature (one file in a few hundred), it is still a safetensors file and must load."""
+    from safetensors import safe_open
+    src = tmp_path / "src.safetensors"
+    save_head(tiny_head(runner), src)
+    with safe_open(str(src), "pt") as f:
+        meta, tensors = dict(f.metadata()), {k: f.get_tensor(k) for k in f.keys()}
+    path = tmp_path / "padded.safetensors"
+    save_file(tensors, str(path), metadata={**meta, "pad": ""})
+    n0 = int.from_bytes(path.read_bytes()[:8], "little")
+    target = int.from_bytes(first_bytes, "little")
+    target += -(-(n0 - target) // 65536) * 65536 if target < n0 else 0
+    for pad in range(max(0, target - n0 - 16), target - n0 + 16):     # the header is padded to 8 bytes
+        save_file(tensors, str(path), metadata={**meta, "pad": "x" * pad})
+        if path.read_bytes()[:2] == first_bytes:
+            break
+    assert path.read_bytes()[:2] == first_bytes
+    loaded = load_head(path)
+    assert all(torch.equal(getattr(loaded, k), v) for k, v in tensors.items())
+
+
 def test_edited_metadata_refused(tmp_path, runner):
     path = tmp_path / "head.safetensors"
     head = tiny_head(runner)
