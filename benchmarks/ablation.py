@@ -1,8 +1,8 @@
 """The README's ablation: distil one head per variant (targets, re-scoring, age input, training data),
 then score every head on the tiny world's truth beside the heuristics and the oracles (prints numbers).
 
-    python benchmarks/ablation.py --out runs/ablation                   # about an hour on 2 CPU cores
-    python benchmarks/ablation.py --variants winner,entry_only --videos 8
+    python benchmarks/ablation.py --out runs/ablation                   # about 40 minutes on 2 CPU cores
+    python benchmarks/ablation.py --variants more_data,entry_only --videos 8
 
 Variants are chosen on the *tuning* seed (``--seed``, default the tuning batch), never on the
 evaluation seed that ``bench_quality.py`` reports. The student's own rollouts are generated once
@@ -27,20 +27,23 @@ from pafu_core.world.clips import world_clips  # noqa: E402
 from pafu_core.world.evaluate import TUNING_SEED  # noqa: E402
 from pafu_core.world.scenes import DEFAULT_WORLD  # noqa: E402
 
-#: the shipped head's recipe; every variant below changes one thing
+#: the ablation's base recipe; every variant below changes one thing (``SHIPPED`` is the committed head's)
 BASE = dict(student=assets.STUDENT, teacher=assets.TEACHER, contexts="tiny_world", rollouts=28, heldout=4,
             rollout_frames=72, chunk_frames=3, targets="future_student", rescore=True, hidden=32,
             rescore_hidden=16, steps=600, rescore_steps=600, lr=3e-3, age_unit=float(DEFAULT_WORLD.clip_frames),
             eval_budget=0, seed=0)
+SHIPPED = "more_data"
 VARIANTS = {
-    "winner": {},
+    "base": {},
     "sse_teacher_noisy": dict(targets="sse_teacher_noisy"),
     "future_teacher_noisy": dict(targets="future_teacher_noisy"),
     "sse_teacher_clean": dict(targets="sse_teacher_clean"),
     "entry_only": dict(rescore=False),
     "paper_entry_only": dict(targets="sse_teacher_clean", rescore=False),
     "no_age": dict(rescore_inputs=("entry", "newer")),
-    "world_clips": dict(clips="world"),            # ground-truth world clips instead of the student's rollouts
+    "more_data": dict(rollouts=56, heldout=8, steps=1200, rescore_steps=1200),     # the shipped head
+    "long_clips": dict(rollouts=56, heldout=8, steps=1200, rescore_steps=1200, rollout_frames=144),
+    "world_clips": dict(clips="world"),            # world clips instead of the student's rollouts (--no-watched)
 }
 
 
@@ -52,19 +55,21 @@ def main(argv=None):
     p.add_argument("--frames", type=int, default=10 * DEFAULT_WORLD.clip_frames)
     p.add_argument("--seed", type=int, default=TUNING_SEED, help="noise seed of the scoring batch (tuning)")
     p.add_argument("--budgets", default="0.25,0.125")
+    p.add_argument("--watched", action=argparse.BooleanOptionalAction, default=True,
+                   help="the benchmark's setting: the model watches the world, so every head learns from world clips")
     args = p.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     rollouts = os.path.join(args.out, "rollouts.safetensors")
     heads = {}
     for name in args.variants.split(","):
         fields = dict(BASE, **VARIANTS[name])
-        if fields.get("clips") == "world":
-            path = os.path.join(args.out, "world_clips.safetensors")
+        if fields.get("clips") == "world" or args.watched:
+            path = os.path.join(args.out, f"world_clips_{fields['rollouts']}x{fields['rollout_frames']}.safetensors")
             if not os.path.exists(path):
                 from safetensors.torch import save_file
-                lat, ctx = world_clips(fields["rollouts"], DEFAULT_WORLD.clip_frames, seed=7)
+                lat, ctx = world_clips(fields["rollouts"], fields["rollout_frames"], seed=7)
                 save_file({"latents": lat.contiguous(), "context": ctx.contiguous()}, path)
-            fields.update(clips=path, rollout_frames=DEFAULT_WORLD.clip_frames)
+            fields["clips"] = path
         elif os.path.exists(rollouts):
             fields["clips"] = rollouts
         else:
@@ -80,7 +85,8 @@ def main(argv=None):
     bench_quality.main(["--videos", str(args.videos), "--frames", str(args.frames), "--seed", str(args.seed),
                         "--budgets", args.budgets, "--policies", "fifo,sink_window,random,oracle_world,oracle_causal",
                         "--heads", ",".join(f"{k}={v}" for k, v in heads.items()),
-                        "--head", heads.get("winner", assets.HEAD), "--out", os.path.join(args.out, "quality")])
+                        "--head", heads.get(SHIPPED, assets.HEAD), "--out", os.path.join(args.out, "quality"),
+                        "--watched" if args.watched else "--no-watched"])
 
 
 if __name__ == "__main__":

@@ -68,6 +68,8 @@ def main(argv=None):
     p.add_argument("--head", default=None, help="the head that the policy 'pafu' uses (default: the committed one)")
     p.add_argument("--seed", type=int, default=EVAL_SEED, help="noise seed of the batch (default: the evaluation seed)")
     p.add_argument("--kv-storage", default="model", choices=("model", "int8"))
+    p.add_argument("--watched", action=argparse.BooleanOptionalAction, default=True,
+                   help="the model watches the world: the cache holds the real frames after each prediction")
     p.add_argument("--out", default="out/bench_quality")
     args = p.parse_args(argv)
     torch.set_grad_enabled(False)
@@ -82,7 +84,8 @@ def main(argv=None):
         heads[f"pafu[{name}]"] = load_head(path)
         heads[f"pafu[{name}]"].check_backbone(student)
         policies.append(f"pafu[{name}]")
-    batch = Batch(seed=args.seed, frames=args.frames, styles=[i % DEFAULT_WORLD.num_styles for i in range(args.videos)])
+    batch = Batch(seed=args.seed, frames=args.frames, styles=[i % DEFAULT_WORLD.num_styles for i in range(args.videos)],
+                  watched=args.watched)
     bar = tqdm(total=1 + len(budgets) * len(policies), desc="batched rollouts")
     refs = rollouts(student, None, "keep_all", None, batch, kv_storage=args.kv_storage)
     bar.update()
@@ -99,7 +102,9 @@ def main(argv=None):
     bar.close()
     learned = [q for q in policies if q.startswith("pafu")]
     text, summary = verdicts(rows, budgets, learned)
-    header = (f"tiny world, {args.frames} latent frames, {args.videos} videos (noise seed {args.seed}), budgets as "
+    mode = ("watching the world (the cache holds its real frames)" if args.watched
+            else "free rollouts (the cache holds the model's own frames)")
+    header = (f"tiny world, {mode}, {args.frames} latent frames, {args.videos} videos (seed {args.seed}), budgets as "
               f"fractions of the {DEFAULT_WORLD.clip_frames}-frame training clip, K/V storage {args.kv_storage}, "
               f"CPU threads {torch.get_num_threads()}; chance = {CHANCE:.3f}")
     report = header + "\n\n" + table(rows) + "\n\n" + text

@@ -81,6 +81,10 @@ class PaFuARChunkSampler(io.ComfyNode):
                                tooltip="pafu: one seeded stream, identical noise under every policy. comfy_ar: "
                                        "core's SamplerARVideo convention, so the same seed (RandomNoise) and "
                                        "sigmas give core's latents."),
+                io.Latent.Input("watch", optional=True,
+                                tooltip="Optional: a video the model watches (video prediction). Each chunk is "
+                                        "predicted from the cache, then the cache takes this video's chunk "
+                                        "instead of the prediction. Same shape as 'latent'."),
             ],
             outputs=[io.Latent.Output("latent", display_name="latent"),
                      PafuReport.Output("report", display_name="report", tooltip="Per-chunk cache statistics.")],
@@ -89,7 +93,7 @@ class PaFuARChunkSampler(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, positive, latent, cache, seed, chunk_frames, timesteps, context_timestep,
-                head=None, negative=None, cfg=1.0, noise_stream="pafu") -> io.NodeOutput:
+                head=None, negative=None, cfg=1.0, noise_stream="pafu", watch=None) -> io.NodeOutput:
         runner = wan_runner(model)
         finite("cfg", cfg)
         config = SamplerConfig(chunk_frames=chunk_frames, timesteps=parse_timesteps(timesteps),
@@ -102,6 +106,12 @@ class PaFuARChunkSampler(io.ComfyNode):
         samples = latent["samples"]
         cond = positive[0][0]
         check_inputs(runner, cond, samples)           # before anything is loaded or allocated
+        observed = None
+        if watch is not None:
+            if watch["samples"].shape != samples.shape:
+                raise ValueError(f"the watched video has shape {tuple(watch['samples'].shape)} but the latent "
+                                 f"{tuple(samples.shape)}: give both the same batch, frames and size")
+            observed = model.model.process_latent_in(watch["samples"].float())
         comfy.model_management.load_models_gpu([model])
         device = model.load_device
         if head is not None:
@@ -126,7 +136,8 @@ class PaFuARChunkSampler(io.ComfyNode):
             result = sample_video(runner, cond, num_frames=frames, height=h, width=w, policy=policy,
                                   budget=cache.cache_budget(), config=config, batch=b, device=device,
                                   step_callback=on_step, chunk_callback=on_chunk, negative=neg, cfg=cfg,
-                                  kv_storage=cache.kv_storage, max_cache_bytes=cache_limit_bytes())
+                                  kv_storage=cache.kv_storage, max_cache_bytes=cache_limit_bytes(),
+                                  observed=observed)
         except comfy.model_management.InterruptProcessingException:
             logging.info("PaFu AR Chunk Sampler interrupted between denoising steps; cache freed")
             raise

@@ -59,17 +59,28 @@ class PaFuTinyWorldScene(io.ComfyNode):
                              tooltip="Video length in latent frames (one per video frame here); the model "
                                      f"was trained on {DEFAULT_WORLD.clip_frames}."),
                 io.Int.Input("batch_size", default=1, min=1, max=16, tooltip="Videos generated at once."),
+                io.Int.Input("world_seed", default=0, min=0, max=2**31 - 1, optional=True,
+                             tooltip="The world's own video (output 'world'): where its objects sit and their "
+                                     "colours. Video i of the batch uses world_seed + i."),
             ],
-            outputs=[io.Conditioning.Output("positive", display_name="positive"), io.Latent.Output("latent", display_name="latent")],
+            outputs=[io.Conditioning.Output("positive", display_name="positive"),
+                     io.Latent.Output("latent", display_name="latent"),
+                     io.Latent.Output("world", display_name="world",
+                                      tooltip="The world's real video of this scene: give it to the sampler's "
+                                              "'watch' input (the model predicts each chunk, then sees it).")],
         )
 
     @classmethod
-    def execute(cls, style, latent_frames, batch_size=1) -> io.NodeOutput:
-        ctx = style_context(STYLE_NAMES.index(style))
+    def execute(cls, style, latent_frames, batch_size=1, world_seed=0) -> io.NodeOutput:
+        style_id = STYLE_NAMES.index(style)
+        ctx = style_context(style_id)
         side = DEFAULT_WORLD.size // 2
-        latent = torch.zeros(batch_size, 16, latent_frames, side, side,
-                             device=comfy.model_management.intermediate_device())
-        return io.NodeOutput([[ctx, {}]], {"samples": latent})
+        device = comfy.model_management.intermediate_device()
+        latent = torch.zeros(batch_size, 16, latent_frames, side, side, device=device)
+        world = torch.stack([encode_frames(render_clip(world_seed + i, latent_frames, style=style_id).frames)
+                             for i in range(batch_size)])
+        world = comfy.latent_formats.Wan21().process_out(world).to(device)              # stored space
+        return io.NodeOutput([[ctx, {}]], {"samples": latent}, {"samples": world})
 
 
 class PaFuTinyWorldStart(io.ComfyNode):

@@ -3,6 +3,11 @@
     python -m pafu_core.demo                      # 360 latent frames (10x the training clip), 25% budget
     python -m pafu_core.demo --frames 72 --out /tmp/pafu-demo
 
+The model *watches* the world: it predicts each chunk from its cache, then the cache takes the
+world's real chunk (``--free`` lets it roll out on its own frames instead). What must be remembered
+is the objects' colours at their latest appearance, twelve frames before they return: beyond a FIFO
+window, and changed since the first frame that a sink keeps.
+
 A single example video (one noise seed): the benchmark (``benchmarks/bench_quality.py``) runs 16
 videos for the statistics. Writes, into ``--out``: ``side_by_side.mp4`` (every policy, labelled, with
 a frame counter; when the objects return, a green frame if that policy brought them back with the
@@ -24,7 +29,7 @@ from tqdm.auto import tqdm
 from .plots import render_curves, render_token_heatmaps
 from .video import panels, to_uint8, write_mp4
 from .world.evaluate import BUDGETED, Batch, compare_to_reference, load_world_models, rollouts, table
-from .world.metrics import returns
+from .world.metrics import returns, watched_returns
 from .world.scenes import DEFAULT_WORLD, STYLE_NAMES
 
 DEFAULT_POLICIES = ("fifo", "sink_window", "pafu")
@@ -40,6 +45,7 @@ def main(argv=None) -> None:
                    help=f"budgeted policies to compare with keep-all (any of {', '.join(BUDGETED)})")
     p.add_argument("--out", default="out/demo")
     p.add_argument("--scale", type=int, default=12, help="nearest-neighbour upscale of the 16x16 frames")
+    p.add_argument("--free", action="store_true", help="free rollouts: the cache holds the model's own frames")
     args = p.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     policies = ["keep_all"] + [q for q in args.policies.split(",") if q]
@@ -53,7 +59,8 @@ def main(argv=None) -> None:
 
 def run_demo(args, policies: list[str]) -> None:
     student, head = load_world_models()
-    batch = Batch(seed=args.seed, frames=args.frames, styles=[STYLE_NAMES.index(args.style)])
+    batch = Batch(seed=args.seed, frames=args.frames, styles=[STYLE_NAMES.index(args.style)], watched=not args.free)
+    truth = batch.truth()[0] if batch.watched else None
     chunks = -(-args.frames // batch.sampler.chunk_frames)
     bar = tqdm(total=len(policies) * chunks, desc=f"rollouts ({args.frames} frames x {len(policies)} policies)")
     rolls = []
@@ -67,10 +74,12 @@ def run_demo(args, policies: list[str]) -> None:
     label = {r.policy: f"{r.policy} ({'unbounded' if r.policy == 'keep_all' else budget})" for r in rolls}
 
     videos, marks, events = {}, {}, {}
+    if truth is not None:
+        videos["the world (watched)"] = to_uint8(truth, args.scale)
     for r in rolls:
         videos[label[r.policy]] = to_uint8(r.frames, args.scale)
         marks[label[r.policy]] = {}
-        for b0, right, total in returns(r.frames):
+        for b0, right, total in (returns(r.frames) if truth is None else watched_returns(r.frames, truth)):
             for t in range(b0, min(b0 + DEFAULT_WORLD.visible_frames, args.frames)):
                 marks[label[r.policy]][t] = right == total
     for start in range(DEFAULT_WORLD.period, args.frames, DEFAULT_WORLD.period):
@@ -91,7 +100,8 @@ def run_demo(args, policies: list[str]) -> None:
               os.path.join(args.out, "kept_tokens.mp4"), desc="kept_tokens.mp4")
     Image.fromarray(render_curves([r.report for r in rolls])).save(os.path.join(args.out, "curves.png"))
 
-    text = (f"One example video (noise seed {args.seed}, style {args.style}): tiny world, {args.frames} latent frames "
+    mode = "the model watches the world" if truth is not None else "free rollout"
+    text = (f"One example video (noise seed {args.seed}, style {args.style}, {mode}): tiny world, {args.frames} latent frames "
             f"({args.frames / DEFAULT_WORLD.clip_frames:g}x the training clip), budget {100 * args.budget:g}% of "
             f"{DEFAULT_WORLD.clip_frames} frames. A single video has no spread; for 16 videos with confidence "
             f"intervals run `python benchmarks/bench_quality.py`.\n\n" + table(rolls, single=True))

@@ -570,8 +570,10 @@ def distill(cfg: DistillConfig) -> tuple[SalienceHead, dict]:
         if cuda:
             metrics["timing"]["peak_gib"] = torch.cuda.max_memory_allocated(cfg.device) / 2**30
         head.config.training = {
-            "teacher": cfg.teacher or cfg.student or "tiny-random", "student": cfg.student or "tiny-random",
-            "data": {"clips": cfg.clips or "self-generated rollouts", "train_clips": len(train_clips) * world,
+            "teacher": os.path.basename(cfg.teacher or cfg.student or "tiny-random"),
+            "student": os.path.basename(cfg.student or "tiny-random"),
+            "data": {"clips": os.path.basename(cfg.clips) if cfg.clips else "self-generated rollouts",
+                     "train_clips": len(train_clips) * world,
                      "heldout_clips": len(heldout_clips), "rollout_frames": cfg.rollout_frames,
                      "rollout_window": cfg.rollout_window, "contexts": cfg.contexts},
             "targets": cfg.targets or "custom", "sse": cfg.sse().to_dict(), "steps": cfg.steps,

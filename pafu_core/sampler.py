@@ -95,7 +95,7 @@ class SampleResult:
 
 
 StepCallback = Callable[[int, int, torch.Tensor], None]     # (chunk, step, x0 prediction)
-ChunkCallback = Callable[[ChunkStats, torch.Tensor], None]  # (stats, clean chunk)
+ChunkCallback = Callable[[ChunkStats, torch.Tensor], None]  # (stats, the clean chunk as written to the cache)
 
 
 def build_cache(runner: WanChunkRunner, policy: Policy, budget: CacheBudget | None, *, batch: int,
@@ -149,7 +149,7 @@ def sample_video(runner: WanChunkRunner, context: torch.Tensor, *, num_frames: i
                  step_callback: StepCallback | None = None,
                  chunk_callback: ChunkCallback | None = None,
                  negative: torch.Tensor | None = None, cfg: float = 1.0, kv_storage: str = "model",
-                 max_cache_bytes: int | None = None) -> SampleResult:
+                 max_cache_bytes: int | None = None, observed: torch.Tensor | None = None) -> SampleResult:
     """Generate ``num_frames`` latent frames chunk by chunk.
 
     ``noise`` (optional) fixes the initial noise [B, C, F, H, W]; otherwise it is drawn from the
@@ -158,6 +158,11 @@ def sample_video(runner: WanChunkRunner, context: torch.Tensor, *, num_frames: i
     Callbacks may raise to interrupt; the cache is freed either way. The cache is sized before it
     is allocated and refused when it exceeds ``max_cache_bytes`` (default: what the device has
     free), with the budget that would fit.
+
+    ``observed`` (optional, [B, C, F, H, W]) turns generation into prediction of a watched stream:
+    each chunk is still generated from the cache, but the cache is then written with the observed
+    chunk instead (a world model that sees the real frames after predicting them). Memory is then
+    what the policy kept of the real past, not of the model's own drifting rollout.
     """
     if not math.isfinite(cfg):
         raise ValueError(f"cfg must be a finite number, got {cfg}")
@@ -166,6 +171,8 @@ def sample_video(runner: WanChunkRunner, context: torch.Tensor, *, num_frames: i
     if noise is None:
         noise = torch.randn(batch, runner.in_dim, num_frames, height, width, generator=gen)
     check_inputs(runner, context, noise)
+    if observed is not None and observed.shape != noise.shape:
+        raise ValueError(f"observed latents must have the noise's shape {tuple(noise.shape)}, got {tuple(observed.shape)}")
     guided = cfg != 1.0
     if guided:
         if negative is None:
@@ -232,7 +239,8 @@ def sample_video(runner: WanChunkRunner, context: torch.Tensor, *, num_frames: i
                             fresh = torch.randn(x0.shape, generator=gen).to(device)
                         x = (1 - nxt) * x0 + nxt * fresh
                 s_ctx = config.context_timestep / 1000.0
-                x_ctx = x0 if s_ctx == 0 else (1 - s_ctx) * x0 + s_ctx * torch.randn(x0.shape, generator=gen).to(device)
+                written = x0 if observed is None else observed[:, :, f0:f1].to(device=device, dtype=torch.float32)
+                x_ctx = written if s_ctx == 0 else (1 - s_ctx) * written + s_ctx * torch.randn(x0.shape, generator=gen).to(device)
                 t_ctx = torch.full((batch, f1 - f0), config.context_timestep, device=device)
                 predict(x_ctx, t_ctx, f0, write=True)
                 latents[:, :, f0:f1] = x0
@@ -250,7 +258,7 @@ def sample_video(runner: WanChunkRunner, context: torch.Tensor, *, num_frames: i
                                    policy_ms=cache.policy_timer.take_ms(), evicted=cache.last_evicted)
                 report.chunks.append(stats)
                 if chunk_callback is not None:
-                    chunk_callback(stats, x0)
+                    chunk_callback(stats, written)
         report.kept_frames = torch.stack(kept).cpu() if kept else None
         report.final_kept = cache.kept_token_mask().cpu()
         return SampleResult(latents=latents, report=report)

@@ -10,19 +10,19 @@ from pafu_core.world.evaluate import Batch, load_world_models, rollouts
 from pafu_core.world.train import TINY_WAN
 
 
-def test_trained_student_with_keep_all_follows_the_world():
-    """The committed student, keep-all cache: its objects come back as they were last seen and keep the
-    world's rhythm, far above a random-weights model of the same shape (which shows no objects)."""
+def test_trained_student_watching_the_world_brings_the_objects_back():
+    """The committed student with a keep-all cache, watching the world (36 frames, two returns): its
+    objects come back where they were, with the colours they last had, far above chance and far above a
+    random-weights model of the same shape (which shows no objects)."""
     student, head = load_world_models()
-    batch = Batch(seed=5, frames=72, styles=[0, 3, 5, 6])
+    batch = Batch(seed=5, frames=36, styles=[0, 3, 5, 6], watched=True)
     trained = rollouts(student, head, "keep_all", None, batch)
     random_model = WanChunkRunner(init_weights_(WanDiT(TINY_WAN), seed=0).eval())
     untrained = rollouts(random_model, head, "keep_all", None, batch)
     mean = lambda rows, key: sum(getattr(r, key) for r in rows) / len(rows)  # noqa: E731
-    assert mean(trained, "accuracy") > 0.5, [r.accuracy for r in trained]
+    assert mean(trained, "accuracy") > 0.6, [r.accuracy for r in trained]
     assert mean(trained, "schedule") > 0.5, [r.schedule for r in trained]
     assert mean(trained, "accuracy") > mean(untrained, "accuracy") + 0.4
-    assert mean(trained, "schedule") > mean(untrained, "schedule") + 0.4
 
 
 def test_shortened_demo_writes_its_outputs(tmp_path, capsys):
@@ -33,4 +33,4 @@ def test_shortened_demo_writes_its_outputs(tmp_path, capsys):
     assert "| 25% | pafu |" in table and "| 25% | fifo |" in table and "keep_all" in table
     assert "One example video" in table and "±" not in table          # a single video has no spread
     video = read_mp4(str(tmp_path / "side_by_side.mp4"))
-    assert video.shape[0] == 42 and video.shape[2] > 3 * 16 * 12       # three labelled panels, scaled up
+    assert video.shape[0] == 42 and video.shape[2] > 4 * 16 * 12       # the world + three labelled panels, scaled up

@@ -1,5 +1,6 @@
 """Chunked generation with a never-evicting cache equals one block-causal full-sequence forward."""
 
+import pytest
 import torch
 
 from pafu_core.cache import CacheBudget
@@ -75,6 +76,21 @@ def test_sampler_is_seeded_and_deterministic(runner, context):
     c = sample_video(runner, context, config=SamplerConfig(seed=6), **kw).latents
     assert torch.equal(a, b)
     assert not torch.allclose(a, c)
+
+
+def test_watching_a_video_writes_it_into_the_cache(runner, context):
+    """Watching the model's own earlier rollout reproduces it exactly (the cache then holds what it held);
+    watching another video changes every chunk after the first, not the first."""
+    kw = dict(num_frames=9, height=H, width=W, policy=make_policy("keep_all"), budget=None,
+              config=SamplerConfig(seed=5))
+    own = sample_video(runner, context, **kw).latents
+    assert torch.equal(sample_video(runner, context, observed=own, **kw).latents, own)
+    other = torch.randn(own.shape, generator=torch.Generator().manual_seed(1))
+    watched = sample_video(runner, context, observed=other, **kw).latents
+    assert torch.equal(watched[:, :, :3], own[:, :, :3])
+    assert not torch.allclose(watched[:, :, 3:], own[:, :, 3:])
+    with pytest.raises(ValueError, match="observed latents must have the noise's shape"):
+        sample_video(runner, context, observed=other[:, :, :6], **kw)
 
 
 def test_budgeted_rollout_diverges_from_keep_all_only_after_eviction(runner, context):

@@ -56,7 +56,7 @@ def tiny_common(frames=TINY_FRAMES):
         {"key": "model", "type": "PaFuTinyWorldModel", "pos": [0, 0]},
         {"key": "shift", "type": "ModelSamplingSD3", "pos": [0, 110], "widgets": {"shift": 5.0}},
         {"key": "scene", "type": "PaFuTinyWorldScene", "pos": [0, 230],
-         "widgets": {"style": "blue", "latent_frames": frames, "batch_size": 1}},
+         "widgets": {"style": "blue", "latent_frames": frames, "batch_size": 1, "world_seed": 0}},
         {"key": "head", "type": "PaFuSalienceHeadLoader", "pos": [0, 410],
          "widgets": {"source": "local", "head_name": "pafu_tiny_world.safetensors"}},
     ]
@@ -80,7 +80,8 @@ def tiny_long_video():
         webp("kept", 1100, 760, "pafu_tiny_long_kept"),
     ]
     links += [("shift", "MODEL", "sampler", "model"), ("scene", "positive", "sampler", "positive"),
-              ("scene", "latent", "sampler", "latent"), ("budget", "cache", "sampler", "cache"),
+              ("scene", "latent", "sampler", "latent"), ("scene", "world", "sampler", "watch"),
+              ("budget", "cache", "sampler", "cache"),
               ("head", "head", "sampler", "head"), ("sampler", "latent", "decode", "latent"),
               ("decode", "frames", "save", "images"), ("sampler", "report", "report", "report"),
               ("decode", "frames", "report", "frames"), ("report", "curves", "curves", "images"),
@@ -112,13 +113,18 @@ def tiny_comparison():
         nodes.append({"key": f"decode_{policy}", "type": "PaFuTinyWorldDecode", "pos": [800, 380 * i], "widgets": {"scale": 8}})
         nodes.append({"key": f"report_{policy}", "type": "PaFuCacheReport", "pos": [1100, 380 * i]})
         links += [("shift", "MODEL", f"sampler_{policy}", "model"), ("scene", "positive", f"sampler_{policy}", "positive"),
-                  ("scene", "latent", f"sampler_{policy}", "latent"), (f"budget_{policy}", "cache", f"sampler_{policy}", "cache"),
+                  ("scene", "latent", f"sampler_{policy}", "latent"), ("scene", "world", f"sampler_{policy}", "watch"),
+                  (f"budget_{policy}", "cache", f"sampler_{policy}", "cache"),
                   (f"sampler_{policy}", "latent", f"decode_{policy}", "latent"),
                   (f"sampler_{policy}", "report", f"report_{policy}", "report"),
                   (f"decode_{policy}", "frames", f"report_{policy}", "frames")]
         if policy == "pafu":
             links.append(("head", "head", f"sampler_{policy}", "head"))
-    videos = stitch_row(nodes, links, [(f"decode_{p}", "frames") for p, _ in COMPARED], "video", 1450, 0)
+    nodes.append({"key": "decode_world", "type": "PaFuTinyWorldDecode", "pos": [800, 380 * len(COMPARED)],
+                  "widgets": {"scale": 8}})
+    links.append(("scene", "world", "decode_world", "latent"))
+    videos = stitch_row(nodes, links, [("decode_world", "frames")] + [(f"decode_{p}", "frames") for p, _ in COMPARED],
+                        "video", 1450, 0)
     kept = stitch_row(nodes, links, [(f"report_{p}", "kept_tokens") for p, _ in COMPARED[1:]], "kept", 1450, 460)
     nodes += [
         webp("save", 1800, 0, "pafu_tiny_compare"),
@@ -126,8 +132,9 @@ def tiny_comparison():
         {"key": "curves", "type": "SaveImage", "pos": [1800, 800], "widgets": {"filename_prefix": "pafu_tiny_compare_curves"}},
         {"key": "note", "type": "MarkdownNote", "pos": [1450, 860], "size": [420, 240],
          "text": "**Same seed, same budget (25% of the 36-frame training clip), four policies** - left to right: "
-                 "keep-all (unbounded reference), FIFO, sink + window, PaFu. Three objects hide for 12 frames, "
-                 "longer than the FIFO window, and must come back with the colours they had last. The second "
+                 "the world, then keep-all (unbounded reference), FIFO, sink + window, PaFu. The model watches the "
+                 "world: it predicts each chunk from its cache, then sees the real chunk. Three objects hide for 12 "
+                 "frames, longer than the FIFO window, and must come back with the colours they had last. The second "
                  "video shows, for FIFO, sink + window and PaFu, which tokens each cache still holds at the end "
                  "(bright = kept): PaFu keeps the objects' latest appearance, FIFO only the last frames."},
     ]
@@ -180,7 +187,7 @@ def tiny_core_ar():
                  "PaFu Tiny World Scene: core's EmptyARVideoLatent assumes Wan's 4x VAE stride."},
     ]
     links = [("unet", "MODEL", "patch", "model"), ("budget", "cache", "patch", "cache"), ("head", "head", "patch", "head")]
-    core_ar(nodes, links, "patch", "model", ("scene", "positive"), ("scene", "latent"), 3, 400, 200)
+    core_ar(nodes, links, "patch", "model", ("scene", "positive"), ("scene", "latent"), 3, 400, 400)
     links += [("sca", "output", "decode", "latent"), ("decode", "frames", "save", "images")]
     return nodes, links
 

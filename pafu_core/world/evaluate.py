@@ -24,15 +24,17 @@ from ..sampler import SamplerConfig, sample_video
 from ..wan import load_wan_checkpoint
 from . import assets
 from .codec import decode_frames
-from .metrics import change_accuracy, psnr, return_accuracy, schedule_accuracy, ssim
+from .codec import encode_frames
+from .metrics import change_accuracy, psnr, return_accuracy, schedule_accuracy, ssim, watched_return_accuracy
 from .oracles import CausalUseOracle, FrameTape, WorldOracle
-from .scenes import DEFAULT_WORLD, style_context
+from .scenes import DEFAULT_WORLD, render_clip, style_context
 
 HEURISTICS = ("fifo", "sink_window", "attention_mass", "key_norm", "random")
 ORACLES = ("oracle_world", "oracle_causal")
 BUDGETED = HEURISTICS + ("pafu",) + ORACLES
 #: noise seeds: the benchmark's evaluation batch, and the batch used to choose between variants;
-#: neither is used by training (world clips) or distillation (rollouts with seeds 0..N)
+#: neither is used by training (random world clips), distillation (rollouts with seeds 0..N, world clips
+#: with seeds 7 * 100003 + i) or tuning; the watched world of a batch is scene ``seed * 1000 + row``
 EVAL_SEED, TUNING_SEED = 9000, 5000
 
 
@@ -75,10 +77,16 @@ class Batch:
     seed: int
     frames: int
     styles: list[int]
+    watched: bool = False           # the model watches the world (the cache holds its real frames)
 
     @property
     def context(self) -> torch.Tensor:
         return torch.cat([style_context(s) for s in self.styles])
+
+    def truth(self) -> torch.Tensor:
+        """The world's own videos of this batch, [B, F, 3, 16, 16] (row i: scene seed ``seed * 1000 + i``)."""
+        return torch.stack([render_clip(self.seed * 1000 + i, self.frames, style=s).frames
+                            for i, s in enumerate(self.styles)])
 
     @property
     def sampler(self) -> SamplerConfig:
@@ -97,25 +105,28 @@ def rollouts(student: WanChunkRunner, head: SalienceHead | None, policy: str, bu
     side = DEFAULT_WORLD.size // 2
     context = batch.context.to(device)
     callbacks = [chunk_callback] if chunk_callback else []
+    truth = batch.truth() if batch.watched else None
+    observed = torch.stack([encode_frames(v) for v in truth]).to(device) if truth is not None else None
     if policy == "oracle_world":
         tape = FrameTape(len(batch.styles), batch.frames, DEFAULT_WORLD.cells)
         pol, callbacks = WorldOracle(tape), callbacks + [tape]
     elif policy == "oracle_causal":
         if reference is None:
             raise ValueError("oracle_causal needs the keep-all rollouts of the same batch")
-        latents = torch.stack([r.latents for r in reference]).to(device)
+        latents = observed if observed is not None else torch.stack([r.latents for r in reference]).to(device)
         pol = CausalUseOracle.from_rollout(student, latents, context, batch.sampler.sigmas, batch.sampler.chunk_frames)
     else:
         pol = make_policy(policy, head=head, seed=batch.seed)
     res = sample_video(student, context, num_frames=batch.frames, height=side, width=side, policy=pol,
                        budget=budget, config=batch.sampler, batch=len(batch.styles), device=device,
                        chunk_callback=(lambda s, x: [c(s, x) for c in callbacks]) if callbacks else None,
-                       kv_storage=kv_storage)
+                       kv_storage=kv_storage, observed=observed)
     out = []
     for row in range(len(batch.styles)):
         video = decode_frames(res.latents[row].cpu())
+        accuracy = return_accuracy(video) if truth is None else watched_return_accuracy(video, truth[row])
         out.append(Rollout(label or policy, budget_fraction if budget else None, row, video, res.report,
-                           return_accuracy(video), change_accuracy(video), schedule_accuracy(video),
+                           accuracy, change_accuracy(video), schedule_accuracy(video),
                            latents=res.latents[row].cpu()))
     return out
 

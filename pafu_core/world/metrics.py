@@ -1,7 +1,8 @@
 """Scores that the world's rules make exact, read off decoded frames in the video's own timing.
 
 Primary: ``return_accuracy`` - when the objects come back, do they have the colour of their
-*latest* appearance? The ground truth scores 1.0; a model that forgot scores near chance (1/6, or 0
+*latest* appearance? (``watched_return_accuracy`` when the model predicts a stream it watches: the
+prediction at each return against the world's own frame.) The ground truth scores 1.0; a model that forgot scores near chance (1/6, or 0
 when it forgets the objects altogether); one that copies an older appearance scores near 0, because
 every appearance changes the colours.
 """
@@ -75,6 +76,31 @@ def return_accuracy(frames: torch.Tensor, cfg: WorldConfig = DEFAULT_WORLD, tol:
     found = returns(frames, cfg, tol)
     total = sum(t for _, _, t in found)
     return sum(r for _, r, _ in found) / total if total else 0.0
+
+
+def watched_returns(frames: torch.Tensor, truth: torch.Tensor, cfg: WorldConfig = DEFAULT_WORLD,
+                    tol: float = MATCH_TOLERANCE) -> list[tuple[int, int, int]]:
+    """(first frame of the return, objects shown right, objects of the world) per return of a video
+    predicted while watching ``truth`` (the cache holds the real frames): right = in their cell, with
+    their true colour (the colour of their latest appearance)."""
+    true_colors, got_colors = cell_colors(truth, cfg), cell_colors(frames, cfg)
+    true_objects, got_objects = object_mask(true_colors), object_mask(got_colors)
+    out = []
+    for b0, _ in appearances(truth, cfg)[1:]:
+        want = true_objects[b0]
+        hit = want & got_objects[b0] & ((got_colors[b0] - true_colors[b0]).norm(dim=-1) < tol)
+        out.append((b0, int(hit.sum()), int(want.sum())))
+    return out
+
+
+def watched_return_accuracy(frames: torch.Tensor, truth: torch.Tensor, cfg: WorldConfig = DEFAULT_WORLD,
+                            tol: float = MATCH_TOLERANCE) -> float:
+    """Share of the world's returning objects that the prediction shows right (see ``watched_returns``)."""
+    if not _long_enough(truth, cfg):
+        return float("nan")
+    found = watched_returns(frames, truth, cfg, tol)
+    total = sum(t for _, _, t in found)
+    return sum(r for _, r, _ in found) / total if total else float("nan")
 
 
 def change_accuracy(frames: torch.Tensor, cfg: WorldConfig = DEFAULT_WORLD, tol: float = MATCH_TOLERANCE) -> float:

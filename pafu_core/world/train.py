@@ -116,7 +116,7 @@ def teacher_forcing_mask(frames: int, chunk: int, tpf: int, gen, mode: str) -> t
 
 
 def student_loss(runner: WanChunkRunner, lat, ctx, gen, device, sampler: SamplerConfig,
-                 mode: str) -> torch.Tensor:
+                 mode: str, own_context: bool = False) -> torch.Tensor:
     b, _, f, h, w = lat.shape
     chunk = sampler.chunk_frames
     sigmas = torch.tensor(warp_timesteps(sampler.timesteps, sampler.shift))
@@ -128,7 +128,14 @@ def student_loss(runner: WanChunkRunner, lat, ctx, gen, device, sampler: Sampler
     offset = int(torch.randint(MAX_OFFSET, (1,), generator=gen))
     tpf = runner.tokens_per_frame(h, w)
     mask = teacher_forcing_mask(f, chunk, tpf, gen, mode).to(device)
-    pred = teacher_forcing_forward(runner, lat, noisy, sigma * 1000, ctx, offset, mask, sampler.context_timestep)
+    context = lat
+    if own_context:
+        # the context as the model itself would have written it: its one-pass estimate of every chunk
+        # (exposure bias: in a rollout the cache holds generated chunks, not the world's clean frames)
+        with torch.no_grad():
+            flow = teacher_forcing_forward(runner, lat, noisy, sigma * 1000, ctx, offset, mask, sampler.context_timestep)
+            context = (noisy - s5 * flow).detach()
+    pred = teacher_forcing_forward(runner, context, noisy, sigma * 1000, ctx, offset, mask, sampler.context_timestep)
     return weighted_mse(pred, noise - lat, object_weights(lat))
 
 
@@ -162,7 +169,7 @@ def save_model(model: WanDiT, path: str, meta: dict) -> None:
 
 
 def train(kind: str, steps: int, batch: int, lr: float, seed: int, device: str, out: str,
-          init: str | None = None, log_every: int = 50) -> dict:
+          init: str | None = None, log_every: int = 50, own_context: int = 0) -> dict:
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     if init:
@@ -193,7 +200,8 @@ def train(kind: str, steps: int, batch: int, lr: float, seed: int, device: str, 
         if kind == "teacher":
             loss = teacher_loss(runner, lat, ctx, gen, device)
         else:
-            loss = student_loss(runner, lat, ctx, gen, device, sampler, modes[step % len(modes)])
+            own = own_context > 0 and step % own_context == 0
+            loss = student_loss(runner, lat, ctx, gen, device, sampler, modes[step % len(modes)], own)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -208,7 +216,7 @@ def train(kind: str, steps: int, batch: int, lr: float, seed: int, device: str, 
         bar.update()
     bar.close()
     meta = {"kind": kind, "steps": steps, "batch": batch, "lr": lr, "seed": seed, "device": device,
-            "init": os.path.basename(init) if init else None, "final_loss": history[-1][1],
+            "init": os.path.basename(init) if init else None, "own_context": own_context, "final_loss": history[-1][1],
             "minutes": round((time.perf_counter() - t0) / 60, 1), "world": DEFAULT_WORLD.__dict__}
     save_model(model, out, meta)
     return meta
@@ -223,9 +231,12 @@ def main(argv=None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--init", help="checkpoint to start from (the student starts from the teacher)")
+    p.add_argument("--own-context", type=int, default=0,
+                   help="every N-th student step conditions on the model's own chunk estimates (0: never)")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
-    meta = train(args.kind, args.steps, args.batch, args.lr, args.seed, args.device, args.out, args.init)
+    meta = train(args.kind, args.steps, args.batch, args.lr, args.seed, args.device, args.out, args.init,
+                 own_context=args.own_context)
     print(json.dumps(meta, indent=1))
 
 

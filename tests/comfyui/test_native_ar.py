@@ -28,7 +28,7 @@ def unet(core):
 
 
 def scene(core, frames=FRAMES):
-    return run(core["ours"]["PaFuTinyWorldScene"], style="teal", latent_frames=frames, batch_size=1)
+    return run(core["ours"]["PaFuTinyWorldScene"], style="teal", latent_frames=frames, batch_size=1)[:2]
 
 
 def budget(core, policy="keep_all", value=6.0, unit="latent_frames", **kw):

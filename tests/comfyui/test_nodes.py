@@ -34,7 +34,7 @@ def test_comfyui_wan_path_equals_pafu_core_path(pack):
     # ComfyUI's own Wan class: causal-AR from 0.27 on (the file's metadata says so), plain WanModel before
     assert type(model.model.diffusion_model).__name__ in ("WanModel", "CausalWanModel")
     (model,) = ModelSamplingSD3().patch(model, 5.0)
-    positive, latent = run(nodes["PaFuTinyWorldScene"], style="teal", latent_frames=12, batch_size=1)
+    positive, latent, _ = run(nodes["PaFuTinyWorldScene"], style="teal", latent_frames=12, batch_size=1)
     cache = run(nodes["PaFuKVCacheBudget"], policy="fifo", budget=6, budget_unit="latent_frames", sink_frames=0)[0]
     lat, report = run(nodes["PaFuARChunkSampler"], model=model, positive=positive, latent=latent, cache=cache,
                       seed=3, chunk_frames=3, timesteps="1000,750,500,250", context_timestep=0.0)
@@ -156,7 +156,7 @@ def test_sampler_refuses_a_non_wan_model(pack):
     other = copy.copy(model)
     other.model = copy.copy(model.model)
     other.model.diffusion_model = torch.nn.Conv2d(4, 4, 1)
-    positive, latent = run(nodes["PaFuTinyWorldScene"], style="teal", latent_frames=6, batch_size=1)
+    positive, latent, _ = run(nodes["PaFuTinyWorldScene"], style="teal", latent_frames=6, batch_size=1)
     cache = run(nodes["PaFuKVCacheBudget"], policy="fifo", budget=3, budget_unit="latent_frames", sink_frames=0)[0]
     with pytest.raises(ValueError, match="needs a Wan 2.1 model; this MODEL is Conv2d"):
         run(nodes["PaFuARChunkSampler"], model=other, positive=positive, latent=latent, cache=cache, seed=0,
