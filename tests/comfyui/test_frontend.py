@@ -146,7 +146,7 @@ def test_core_ar_workflow_runs_with_a_bounded_cache(page, comfy, output_dir, art
     held = float(line.split("K/V held ")[1].split(" MiB")[0])
     assert held == pytest.approx(4 * 2 * 144 * 128 * 4 / 2**20, abs=0.005), line   # logged to 2 decimals
     ci_line(f"core ar_video + PaFu patch, 360 frames: {line.split(': ', 1)[1]}")
-    page.evaluate("() => { app.canvas.ds.scale = 0.62; app.canvas.ds.offset = [130, 90]; app.canvas.setDirty(true, true); }")
+    page.evaluate("() => { app.canvas.ds.scale = 0.62; app.canvas.ds.offset = [130, 140]; app.canvas.setDirty(true, true); }")
     page.wait_for_timeout(800)
     page.screenshot(path=os.path.join(artifacts, "core_ar_graph.png"))
     frame = Image.fromarray(video[18 * 9]).resize((256, 256), Image.NEAREST)
