@@ -31,6 +31,11 @@ TINY_STUDENT = "pafu_tiny_world_student.safetensors"
 NEGATIVE = ("static, blurry details, subtitles, worst quality, low quality, JPEG artifacts, deformed, "
             "extra fingers, poorly drawn hands, poorly drawn face, cluttered background")
 
+FOX_PROMPT = ("A red fox trots along a snowy forest path at dawn, soft golden light through the pines, "
+              "breath visible in the cold air, the camera tracking beside it, cinematic, detailed fur.")
+#: the UNET, its budget and head into PaFu KV Cache Patch (the patched graphs' common start)
+PATCH_LINKS = [("unet", "MODEL", "patch", "model"), ("budget", "cache", "patch", "cache"), ("head", "head", "patch", "head")]
+
 TINY_FRAMES = 360          # 10x the tiny world's 36-frame training clip
 HEAD_NOTE = ("The salience head: no public PaFu-KV head for Wan exists yet. Distil one with "
              "`python -m pafu_core.distill --config configs/distill_wan21_1.3b.json` and put it in "
@@ -186,7 +191,7 @@ def tiny_core_ar():
                  "block) at 25% of the 36-frame training clip, for a 360-frame video. The latent comes from "
                  "PaFu Tiny World Scene: core's EmptyARVideoLatent assumes Wan's 4x VAE stride."},
     ]
-    links = [("unet", "MODEL", "patch", "model"), ("budget", "cache", "patch", "cache"), ("head", "head", "patch", "head")]
+    links = list(PATCH_LINKS)
     core_ar(nodes, links, "patch", "model", ("scene", "positive"), ("scene", "latent"), 3, 400, 400)
     links += [("sca", "output", "decode", "latent"), ("decode", "frames", "save", "images")]
     return nodes, links
@@ -236,9 +241,9 @@ def wan_causal_forcing_i2v():
                        "start image's latent is kept like a sink.\n\nModels (the frontend offers the downloads): "
                        "`causal_forcing-framewise.safetensors`, `umt5_xxl_fp8_e4m3fn_scaled.safetensors`, "
                        "`wan_2.1_vae.safetensors`.\n\n" + HEAD_NOTE}]
-    links = [("unet", "MODEL", "patch", "model"), ("budget", "cache", "patch", "cache"), ("head", "head", "patch", "head"),
-             ("patch", "model", "i2v", "model"), ("vae", "VAE", "i2v", "vae"), ("image", "IMAGE", "i2v", "start_image"),
-             ("clip", "CLIP", "text", "clip"), ("clip", "CLIP", "neg", "clip")]
+    links = PATCH_LINKS + [
+        ("patch", "model", "i2v", "model"), ("vae", "VAE", "i2v", "vae"), ("image", "IMAGE", "i2v", "start_image"),
+        ("clip", "CLIP", "text", "clip"), ("clip", "CLIP", "neg", "clip")]
     core_ar(nodes, links, "i2v", "MODEL", ("text", "CONDITIONING"), ("i2v", "LATENT"), 1, 1350, 0,
             negative=("neg", "CONDITIONING"), seed=42)
     video_out(nodes, links, ("sca", "output"), 2150, 0, "video/pafu_causal_forcing_i2v")
@@ -246,8 +251,7 @@ def wan_causal_forcing_i2v():
 
 
 def wan_causal_t2v():
-    prompt = ("A red fox trots along a snowy forest path at dawn, soft golden light through the pines, "
-              "breath visible in the cold air, the camera tracking beside it, cinematic, detailed fur.")
+    prompt = FOX_PROMPT
     nodes = [{"key": "unet", "type": "UNETLoader", "pos": [0, 0],
               "widgets": {"unet_name": SELF_FORCING_SAFETENSORS, "weight_dtype": "default"}}]
     nodes += wan_text_nodes(prompt) + wan_head_budget(0, 580)
@@ -263,8 +267,8 @@ def wan_causal_t2v():
                        "`python -m pafu_core.convert self_forcing_dmd.pt models/diffusion_models/"
                        f"{SELF_FORCING_SAFETENSORS}` (marks it causal-AR for UNETLoader). Text encoder and VAE: "
                        "the frontend offers the downloads.\n\n" + HEAD_NOTE}]
-    links = [("unet", "MODEL", "patch", "model"), ("budget", "cache", "patch", "cache"), ("head", "head", "patch", "head"),
-             ("clip", "CLIP", "text", "clip"), ("clip", "CLIP", "neg", "clip")]
+    links = PATCH_LINKS + [
+        ("clip", "CLIP", "text", "clip"), ("clip", "CLIP", "neg", "clip")]
     core_ar(nodes, links, "patch", "model", ("text", "CONDITIONING"), ("latent", "LATENT"), 3, 1350, 0,
             negative=("neg", "CONDITIONING"), seed=42)
     video_out(nodes, links, ("sca", "output"), 2150, 0, "video/pafu_causal_t2v")
@@ -273,8 +277,7 @@ def wan_causal_t2v():
 
 def wan_self_forcing():
     """The all-in-one sampler on a Wan checkpoint: works on every supported ComfyUI (0.8.0 included)."""
-    prompt = ("A red fox trots along a snowy forest path at dawn, soft golden light through the pines, "
-              "breath visible in the cold air, the camera tracking beside it, cinematic, detailed fur.")
+    prompt = FOX_PROMPT
     nodes = [
         {"key": "unet", "type": "UNETLoader", "pos": [0, 0],
          "widgets": {"unet_name": SELF_FORCING_SAFETENSORS, "weight_dtype": "default"}},
