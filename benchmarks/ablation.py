@@ -3,6 +3,7 @@ then score every head on the tiny world's truth beside the heuristics and the or
 
     python benchmarks/ablation.py --out runs/ablation                   # about 40 minutes on 2 CPU cores
     python benchmarks/ablation.py --variants more_data,entry_only --videos 8
+    python benchmarks/ablation.py --variants more_data --recency-sweep 0,0.01,0.03,0.05,0.1,0.2,0.4
 
 Variants are chosen on the *tuning* seed (``--seed``, default the tuning batch), never on the
 evaluation seed that ``bench_quality.py`` reports. The student's own rollouts are generated once
@@ -22,6 +23,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from pafu_core.distill import DistillConfig, distill  # noqa: E402
+from pafu_core.salience import load_head, save_head  # noqa: E402
 from pafu_core.world import assets  # noqa: E402
 from pafu_core.world.clips import world_clips  # noqa: E402
 from pafu_core.world.evaluate import TUNING_SEED  # noqa: E402
@@ -32,7 +34,9 @@ BASE = dict(student=assets.STUDENT, teacher=assets.TEACHER, contexts="tiny_world
             rollout_frames=72, chunk_frames=3, targets="future_student", rescore=True, hidden=32,
             rescore_hidden=16, steps=600, rescore_steps=600, lr=3e-3, age_unit=float(DEFAULT_WORLD.clip_frames),
             eval_budget=0, seed=0)
-SHIPPED = "more_data"
+SHIPPED = "recency"
+#: the shipped head's fixed recency term (salience per frame of age), chosen with --recency-sweep on the tuning seed
+RECENCY = 0.05
 VARIANTS = {
     "base": {},
     "sse_teacher_noisy": dict(targets="sse_teacher_noisy"),
@@ -41,10 +45,21 @@ VARIANTS = {
     "entry_only": dict(rescore=False),
     "paper_entry_only": dict(targets="sse_teacher_clean", rescore=False),
     "no_age": dict(rescore_inputs=("entry", "newer")),
-    "more_data": dict(rollouts=56, heldout=8, steps=1200, rescore_steps=1200),     # the shipped head
+    "more_data": dict(rollouts=56, heldout=8, steps=1200, rescore_steps=1200),
+    "recency": dict(rollouts=56, heldout=8, steps=1200, rescore_steps=1200, recency=RECENCY),   # the shipped head
+    "superseded": dict(rollouts=56, heldout=8, steps=1200, rescore_steps=1200, sse_supersede=True),
     "long_clips": dict(rollouts=56, heldout=8, steps=1200, rescore_steps=1200, rollout_frames=144),
     "world_clips": dict(clips="world"),            # world clips instead of the student's rollouts (--no-watched)
 }
+
+
+def with_recency(path: str, recency: float, out_dir: str) -> str:
+    """A copy of a head file with another fixed recency term (the weights untouched)."""
+    head = load_head(path)
+    head.config = dataclasses.replace(head.config, recency=recency)
+    out = os.path.join(out_dir, f"{os.path.basename(path).removesuffix('.safetensors')}_recency{recency:g}.safetensors")
+    save_head(head, out)
+    return out
 
 
 def main(argv=None):
@@ -55,6 +70,8 @@ def main(argv=None):
     p.add_argument("--frames", type=int, default=10 * DEFAULT_WORLD.clip_frames)
     p.add_argument("--seed", type=int, default=TUNING_SEED, help="noise seed of the scoring batch (tuning)")
     p.add_argument("--budgets", default="0.25,0.125")
+    p.add_argument("--recency-sweep", default="",
+                   help="comma-separated recency terms: score the first variant's head with each (same weights)")
     p.add_argument("--watched", action=argparse.BooleanOptionalAction, default=True,
                    help="the benchmark's setting: the model watches the world, so every head learns from world clips")
     args = p.parse_args(argv)
@@ -81,6 +98,10 @@ def main(argv=None):
                 _, metrics = distill(DistillConfig(**fields, out=out))
             print(json.dumps({k: v for k, v in metrics.items() if k != "timing"}), flush=True)
         heads[name] = out
+    if args.recency_sweep:
+        first = next(iter(heads))
+        for value in (float(v) for v in args.recency_sweep.split(",")):
+            heads[f"{first}+recency{value:g}"] = with_recency(heads[first], value, args.out)
     from benchmarks import bench_quality
     bench_quality.main(["--videos", str(args.videos), "--frames", str(args.frames), "--seed", str(args.seed),
                         "--budgets", args.budgets, "--policies", "fifo,sink_window,random,oracle_world,oracle_causal",

@@ -39,16 +39,16 @@ def verdicts(rows, budgets, learned: list[str]) -> tuple[str, dict]:
             return mean_ci([r.accuracy for r in rows if r.policy == p and r.budget == b])[0]
         heur = {p: acc(p) for p in HEURISTICS if any(r.policy == p and r.budget == b for r in rows)}
         orac = {p: acc(p) for p in ORACLES if any(r.policy == p and r.budget == b for r in rows)}
-        best_h = max(heur, key=heur.get)
+        best_h = max(heur, key=heur.get) if heur else None
         best_o = max(orac, key=orac.get) if orac else None
         for name in learned:
             entry = {}
-            for base in ("fifo", "sink_window"):
+            for base in (p for p in ("fifo", "sink_window") if p in heur):    # the ones this run scored
                 m, lo, hi = paired(rows, name, base, b)
                 entry[f"minus_{base}"] = (m, lo, hi)
                 lines.append(f"{100 * b:g}% {name} - {base}: {m:+.3f}, 95% CI [{lo:+.3f}, {hi:+.3f}]"
                              f"{'  (above zero)' if lo > 0 else ''}")
-            if best_o is not None:
+            if best_o is not None and best_h is not None:
                 gap = orac[best_o] - heur[best_h]
                 closed = (acc(name) - heur[best_h]) / gap if gap > 0 else float("nan")
                 entry["gap_closed"] = closed

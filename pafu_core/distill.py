@@ -76,6 +76,7 @@ class DistillConfig:
     sse_layer_mode: str = "per_layer"
     teacher_timesteps: tuple[float, ...] = (0.0,)     # teacher_clean only: the clip's input timesteps
     sse_future_min_gap: int = 1
+    sse_supersede: bool = False        # re-scoring targets: a newer view at a place takes over its use (teacher.py)
     horizon_frames: int = 0            # re-scoring: commits need this many frames after them (0: a third of the clip)
     feature_tokens: int = 0            # tokens per clip whose head features are kept, on the CPU (0: all); for big models
     # head
@@ -86,6 +87,8 @@ class DistillConfig:
     rescore_hidden: int = 16
     rescore_inputs: tuple[str, ...] = ("entry", "newer", "age")
     age_unit: float = 0.0              # frames (0: the clips' length)
+    recency: float = 0.0               # fixed salience per frame of recency, saved with the head (not trained:
+                                       # chosen on a tuning set, see benchmarks/ablation.py --recency-sweep)
     # training
     steps: int = 300
     rescore_steps: int = 300
@@ -121,7 +124,8 @@ class DistillConfig:
         steps = tuple(1000.0 * s for s in self.sampler(0).sigmas) if noisy else tuple(self.teacher_timesteps)
         return SSEConfig(block_frames=self.chunk_frames, weights=tuple(self.sse_weights),
                          normalise=self.sse_normalise, layer_mode=self.sse_layer_mode, source=self.sse_source,
-                         timesteps=steps, future_min_gap=self.sse_future_min_gap)
+                         timesteps=steps, future_min_gap=self.sse_future_min_gap,
+                         supersede=self.sse_supersede)
 
     def sampler(self, seed: int) -> SamplerConfig:
         return SamplerConfig(chunk_frames=self.chunk_frames, timesteps=tuple(self.timesteps),
@@ -541,7 +545,7 @@ def distill(cfg: DistillConfig) -> tuple[SalienceHead, dict]:
                           patch_size=student.patch_size, input_features=tuple(cfg.input_features),
                           hidden=cfg.hidden, per_head=cfg.per_head, rescore=cfg.rescore,
                           rescore_hidden=cfg.rescore_hidden, rescore_inputs=tuple(cfg.rescore_inputs),
-                          age_unit=cfg.age_unit or float(frames))
+                          age_unit=cfg.age_unit or float(frames), recency=cfg.recency)
     torch.manual_seed(cfg.seed)
     head = SalienceHead(head_cfg).to(cfg.device)      # same init on every rank
     untrained = SalienceHead(head_cfg)

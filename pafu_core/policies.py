@@ -129,6 +129,7 @@ class SalienceScorer(Protocol):
         ...
 
     def recency(self) -> float:
+        """Fixed salience per latent frame of recency (saved in the head file; 0: none)."""
         ...
 
 
@@ -179,7 +180,9 @@ class PaFuSalience(Policy):
         entry = view.state("entry")
         newer = torch.where(torch.isfinite(newer), newer, entry)     # nothing newer: neutral
         age = (view.newest_frame - view.frame_index).to(torch.float32)
-        return self.head.rescore(entry, newer, age)
+        scores = self.head.rescore(entry, newer, age)
+        recency = self.head.recency()
+        return scores - recency * age if recency else scores
 
     def describe(self) -> str:
         return "pafu (re-scoring)" if self.head.rescores else "pafu"

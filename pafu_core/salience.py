@@ -8,7 +8,9 @@ Re-scoring (optional, ``rescore``): a second, tiny MLP per layer re-ranks every 
 each chunk from three numbers: its entry salience, the highest entry salience that has reached its
 place (patch position) since it entered, and its age in frames. So a token that newer, equally
 salient views of the same place have replaced can make room, and age trades against salience in a
-learned way instead of a fixed recency term.
+learned way. An optional fixed ``recency`` term (salience per frame, in the file) is added on top:
+the re-scorer learns ages seen in its training clips only, and the term keeps ranking old tokens
+below young ones far past them (chosen on the tuning seed, see ``benchmarks/ablation.py``).
 
 File: safetensors only (never pickle). The header's ``__metadata__["pafu"]`` holds JSON: format
 version, model family, the backbone's shape and fingerprint, input features, the re-scoring
@@ -54,7 +56,8 @@ class HeadConfig:
     rescore_hidden: int = 16
     rescore_inputs: tuple[str, ...] = RESCORE_INPUTS    # which of the three the re-scorer reads
     age_unit: float = 21.0      # frames: ages enter the re-scorer as age / age_unit
-    recency: float = 0.0        # entry-only heads: salience added per latent frame of recency
+    recency: float = 0.0        # salience per latent frame of recency: added to entry scores, or per frame of age
+                                # taken from the re-scorer's
     training: dict = field(default_factory=dict)
 
     def __post_init__(self):

@@ -52,6 +52,10 @@ class SSEConfig:
     #: as in the paper; 2 leaves out the next block, which always sees the key since the newest
     #: chunk is never evicted, so only uses that an eviction could break are counted)
     future_min_gap: int = 1
+    #: re-scoring targets only (``at_commit``): a token's future use counts only beyond the use of the
+    #: newer tokens at its place (same patch position) already in the cache, so an older view that a
+    #: newer one has replaced stops drawing credit from attention the newer view also receives
+    supersede: bool = False
 
     def __post_init__(self):
         if self.block_frames < 1:
@@ -77,7 +81,7 @@ class SSEConfig:
                 "normalise": self.normalise, "layer_mode": self.layer_mode,
                 "layers": None if self.layers is None else list(self.layers), "source": self.source,
                 "timesteps": list(self.timesteps), "context_timestep": self.context_timestep,
-                "future_min_gap": self.future_min_gap}
+                "future_min_gap": self.future_min_gap, "supersede": self.supersede}
 
 
 def token_blocks(frames: int, tokens_per_frame: int, block_frames: int, device=None) -> torch.Tensor:
@@ -164,6 +168,15 @@ def combine_regions(regions: torch.Tensor, present: torch.Tensor, cfg: SSEConfig
     return (normed * w).sum(dim=-3) / sum(cfg.weights)
 
 
+def superseded(use: torch.Tensor, tokens_per_frame: int) -> torch.Tensor:
+    """use [..., N] of the live tokens, frame by frame -> the use of each token beyond the highest use
+    of the newer tokens at its place (0 when a newer view is used at least as much)."""
+    per_frame = rearrange(use, "... (f p) -> ... f p", p=tokens_per_frame)
+    newer = per_frame.flip(-2).cummax(dim=-2).values.flip(-2)           # max over frames >= f
+    newer = torch.cat([newer[..., 1:, :], torch.zeros_like(newer[..., :1, :])], dim=-2)   # frames > f
+    return rearrange((per_frame - newer).clamp_min(0), "... f p -> ... (f p)")
+
+
 @dataclass
 class SalienceTargets:
     use: torch.Tensor         # [layers, B, H, N, blocks] max attention probability per query block
@@ -172,6 +185,7 @@ class SalienceTargets:
     present: torch.Tensor     # [3, N]
     targets: torch.Tensor     # [layers, B, N] combined (same row repeated in "mean" mode)
     config: SSEConfig
+    tokens_per_frame: int = 1
 
     def at_commit(self, t: int) -> torch.Tensor:
         """[layers, B, N_t] targets of the tokens of blocks < t just after block t was committed: their
@@ -179,15 +193,18 @@ class SalienceTargets:
         normalised over these tokens, combined with the configured weights."""
         cfg = self.config
         n_t = int((self.blocks < t).sum())
+        n_live = int((self.blocks <= t).sum()) if cfg.supersede else n_t     # block t is in the cache too
         nb = self.use.shape[-1]
-        blocks = self.blocks[:n_t].to(self.use.device).long()
+        blocks = self.blocks[:n_live].to(self.use.device).long()
         first = torch.clamp(torch.maximum(blocks + cfg.future_min_gap, torch.tensor(t + 1)), max=nb)
-        suffix = torch.cat([self.use[..., :n_t, :].flip(-1).cummax(dim=-1).values.flip(-1),
-                            torch.zeros_like(self.use[..., :n_t, :1])], dim=-1)
+        suffix = torch.cat([self.use[..., :n_live, :].flip(-1).cummax(dim=-1).values.flip(-1),
+                            torch.zeros_like(self.use[..., :n_live, :1])], dim=-1)
         future = suffix.gather(-1, first.view(1, 1, 1, -1, 1).expand(*suffix.shape[:-1], 1)).squeeze(-1).mean(dim=2)
+        if cfg.supersede:
+            future = superseded(future, self.tokens_per_frame)[..., :n_t]
         regions = torch.cat([self.regions[:, :2, :, :n_t], future.unsqueeze(1)], dim=1)
         present = self.present[:, :n_t].clone()
-        present[2] = first < nb
+        present[2] = first[:n_t] < nb
         return self._reduce_layers(combine_regions(regions, present, cfg))
 
     def _reduce_layers(self, targets: torch.Tensor) -> torch.Tensor:
@@ -303,6 +320,7 @@ def sse_targets(runner, latents: torch.Tensor, context: torch.Tensor, cfg: SSECo
     use = attention_use(runner, latents, context, cfg, frame_offset, writer)
     regions = regions_from_use(use, blocks, cfg.future_min_gap)
     present = region_presence(blocks, cfg.future_min_gap, causal=cfg.source == "student")
-    out = SalienceTargets(use=use, blocks=blocks, regions=regions, present=present, targets=None, config=cfg)
+    out = SalienceTargets(use=use, blocks=blocks, regions=regions, present=present, targets=None, config=cfg,
+                          tokens_per_frame=tpf)
     out.targets = out._reduce_layers(combine_regions(regions, present, cfg))
     return out

@@ -140,6 +140,36 @@ def test_recency_adds_to_newer_tokens():
     assert scores.flatten().tolist() == [1.0, 2.5, 4.5]      # 0.5 salience per frame, newer is higher
 
 
+
+def test_recency_of_a_rescoring_head_takes_salience_per_frame_of_age():
+    """Re-scoring heads: the fixed term is subtracted per frame of age, after the learned re-scorer."""
+    torch.manual_seed(0)
+    plain = SalienceHead(HeadConfig(num_layers=1, dim=8, num_heads=1, rescore=True))
+    aged = SalienceHead(HeadConfig(num_layers=1, dim=8, num_heads=1, rescore=True, recency=0.25),
+                        tensors={n: getattr(plain, n).detach() for n in plain.config.tensor_shapes()})
+    newest, frames = 9, torch.tensor([[[0, 4, 7, 9]]])
+
+    class View:
+        start, end, tokens_per_frame, newest_frame = 3, 4, 1, newest
+        place = torch.zeros(1, 1, 4, dtype=torch.int32)
+        frame_index = frames
+
+        def __init__(self):
+            self.channels = {"entry": torch.tensor([[[0.3, -0.2, 0.8, 0.1]]]),
+                             "newer": torch.full((1, 1, 4), float("-inf"))}
+
+        def state(self, name):
+            return self.channels[name]
+
+        def entering_state(self, name):
+            return self.channels[name][:, :, self.start:]
+
+    with torch.no_grad():
+        base, got = PaFuSalience(plain).score(View()), PaFuSalience(aged).score(View())
+    age = (newest - frames).float()
+    assert torch.allclose(got, base - 0.25 * age)
+    assert torch.allclose((got - base).flatten(), torch.tensor([-2.25, -1.25, -0.5, 0.0]))   # older loses more
+
 def test_cache_budget_units_values():
     assert CacheBudget(0.25, unit="fraction").tokens(1560) == 8190
     assert CacheBudget(0.125, unit="fraction", reference_frames=36).tokens(16) == 72

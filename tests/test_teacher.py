@@ -43,13 +43,18 @@ def test_tiled_sse_equals_naive(frames, tpf, block_frames, tile, gap):
         assert torch.allclose(use[..., b], p[:, :, blocks == b].amax(dim=2).float(), atol=1e-6)
 
 
-def test_targets_at_a_commit_are_use_by_later_blocks():
-    gen = torch.Generator().manual_seed(0)
-    frames, tpf, fb = 8, 3, 2
+def one_layer_use(seed: int, frames: int = 8, tpf: int = 3, fb: int = 2):
+    """Random queries and keys of a clip, its token blocks and one layer's per-block use."""
+    gen = torch.Generator().manual_seed(seed)
     n = frames * tpf
     q, k = torch.randn(1, n, 2, 8, generator=gen), torch.randn(1, n, 2, 8, generator=gen)
     blocks = token_blocks(frames, tpf, fb)
-    use = use_from_full_attention(q, k, blocks).unsqueeze(0)                 # one layer
+    return q, k, blocks, use_from_full_attention(q, k, blocks).unsqueeze(0)
+
+
+def test_targets_at_a_commit_are_use_by_later_blocks():
+    fb = 2
+    q, k, blocks, use = one_layer_use(0, fb=fb)
     cfg = SSEConfig(block_frames=fb, weights=(0.0, 0.0, 1.0), future_min_gap=2)
     from pafu_core.teacher import SalienceTargets
     res = SalienceTargets(use=use, blocks=blocks, regions=regions_from_use(use, blocks, 2),
@@ -65,6 +70,23 @@ def test_targets_at_a_commit_are_use_by_later_blocks():
         assert got.shape == (1, 1, int(kept.sum()))
         assert torch.allclose(got[0, 0], expect, atol=1e-5), t
 
+
+
+def test_superseded_targets_credit_only_use_beyond_newer_views_of_the_place():
+    tpf, fb = 3, 2
+    q, k, blocks, use = one_layer_use(1, tpf=tpf, fb=fb)
+    from pafu_core.teacher import SalienceTargets
+    res = SalienceTargets(use=use, blocks=blocks, regions=regions_from_use(use, blocks, 1),
+                          present=region_presence(blocks, 1), targets=None, tokens_per_frame=tpf,
+                          config=SSEConfig(block_frames=fb, weights=(0.0, 0.0, 1.0), supersede=True))
+    p = probs_of(q, k)
+    for t in (1, 2):
+        live = int((blocks <= t).sum())              # the committed block t is in the cache too
+        raw = torch.stack([p[0, :, blocks > t, j].amax(dim=1).mean() for j in range(live)]).float()
+        beyond = torch.stack([raw[j] - max([float(raw[i]) for i in range(j + 1, live) if i % tpf == j % tpf] + [0.0])
+                              for j in range(live)]).clamp_min(0)
+        n_t = int((blocks < t).sum())
+        assert torch.allclose(res.at_commit(t)[0, 0], beyond[:n_t] / beyond[:n_t].max(), atol=1e-5), t
 
 def test_absent_regions_score_zero_and_are_left_out_of_normalisation():
     blocks = token_blocks(6, 2, 2)          # three blocks

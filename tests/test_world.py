@@ -107,3 +107,24 @@ def test_training_runs_and_marks_the_student_causal_ar(tmp_path):
         assert json.loads(fh.metadata()["config"]) == {"transformer": {"causal_ar": True}}
     with safe_open(teacher, "pt") as fh:
         assert "config" not in fh.metadata()
+
+
+def test_world_oracle_keeps_the_latest_appearance_of_the_objects_then_the_newest_tokens():
+    from types import SimpleNamespace
+
+    from pafu_core.world.oracles import FrameTape, WorldOracle
+    clip = render_clip(5, 60, style=1)
+    latents = encode_frames(clip.frames).unsqueeze(0)
+    tape = FrameTape(1, 60, 16)
+    for f0 in range(0, 45, 3):                         # the chunks the cache took: frames 0..44
+        tape(SimpleNamespace(frame_start=f0, frames=3), latents[:, :, f0:f0 + 3])
+    tokens = torch.arange(48 * 16)
+    view = SimpleNamespace(frame_index=(tokens // 16).view(1, 1, -1), place=(tokens % 16).view(1, 1, -1),
+                           cache=SimpleNamespace(device="cpu"))
+    scores = WorldOracle(tape).score(view)[0, 0]
+    kept = scores.topk(9).indices
+    assert sorted((int(i) // 16, int(i) % 16) for i in kept) == \
+        sorted((f, int(p)) for f in (30, 31, 32) for p in clip.positions)     # the third appearance, whole
+    rest = scores.clone()
+    rest[kept] = float("-inf")
+    assert int(rest.argmax()) // 16 == 47                                       # then the newest frame
