@@ -56,8 +56,8 @@ class HeadConfig:
     rescore_hidden: int = 16
     rescore_inputs: tuple[str, ...] = RESCORE_INPUTS    # which of the three the re-scorer reads
     age_unit: float = 21.0      # frames: ages enter the re-scorer as age / age_unit
-    recency: float = 0.0        # salience per latent frame of recency: added to entry scores, or per frame of age
-                                # taken from the re-scorer's
+    recency: float = 0.0        # salience per latent frame: entry-only heads add it per frame of recency,
+                                # re-scoring heads subtract it per frame of age from the re-scorer's output
     training: dict = field(default_factory=dict)
 
     def __post_init__(self):
