@@ -60,7 +60,7 @@ def main(argv=None) -> None:
 def run_demo(args, policies: list[str]) -> None:
     student, head = load_world_models()
     batch = Batch(seed=args.seed, frames=args.frames, styles=[STYLE_NAMES.index(args.style)], watched=not args.free)
-    truth = batch.truth()[0] if batch.watched else None
+    truth = batch.truth[0] if batch.watched else None
     chunks = -(-args.frames // batch.sampler.chunk_frames)
     bar = tqdm(total=len(policies) * chunks, desc=f"rollouts ({args.frames} frames x {len(policies)} policies)")
     rolls = []

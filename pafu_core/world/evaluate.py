@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -23,8 +24,7 @@ from ..salience import SalienceHead, load_head
 from ..sampler import SamplerConfig, sample_video
 from ..wan import load_wan_checkpoint
 from . import assets
-from .codec import decode_frames
-from .codec import encode_frames
+from .codec import decode_frames, encode_frames
 from .metrics import change_accuracy, psnr, return_accuracy, schedule_accuracy, ssim, watched_return_accuracy
 from .oracles import CausalUseOracle, FrameTape, WorldOracle
 from .scenes import DEFAULT_WORLD, render_clip, style_context
@@ -83,8 +83,10 @@ class Batch:
     def context(self) -> torch.Tensor:
         return torch.cat([style_context(s) for s in self.styles])
 
+    @cached_property
     def truth(self) -> torch.Tensor:
-        """The world's own videos of this batch, [B, F, 3, 16, 16] (row i: scene seed ``seed * 1000 + i``)."""
+        """The world's own videos of this batch, [B, F, 3, 16, 16] (row i: scene seed ``seed * 1000 + i``);
+        rendered once per batch, whatever number of policies are rolled out on it."""
         return torch.stack([render_clip(self.seed * 1000 + i, self.frames, style=s).frames
                             for i, s in enumerate(self.styles)])
 
@@ -105,7 +107,7 @@ def rollouts(student: WanChunkRunner, head: SalienceHead | None, policy: str, bu
     side = DEFAULT_WORLD.size // 2
     context = batch.context.to(device)
     callbacks = [chunk_callback] if chunk_callback else []
-    truth = batch.truth() if batch.watched else None
+    truth = batch.truth if batch.watched else None
     observed = torch.stack([encode_frames(v) for v in truth]).to(device) if truth is not None else None
     if policy == "oracle_world":
         tape = FrameTape(len(batch.styles), batch.frames, DEFAULT_WORLD.cells)
