@@ -7,7 +7,8 @@
 All policies run on the same videos (row i: style i mod 8, its own noise from ``--seed``, by default
 the evaluation seed that no training, distillation or tuning ever used). The keep-all rollout is the
 fidelity reference. For every budget the script prints pafu's per-video paired differences to FIFO
-and sink+window with 95% confidence intervals, and how much of the gap between the best heuristic
+and sink+window and to the best training-free policy (the best heuristic but random) with 95% confidence
+intervals, and how much of the gap between the best heuristic
 and the best oracle pafu closes. Writes ``--out``: results.md, results.json, accuracy_vs_budget.png.
 """
 
@@ -25,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from pafu_core.plots import plot_accuracy_vs_budget  # noqa: E402
 from pafu_core.salience import load_head  # noqa: E402
-from pafu_core.world.evaluate import (BUDGETED, EVAL_SEED, HEURISTICS, ORACLES, Batch,  # noqa: E402
+from pafu_core.world.evaluate import (BUDGETED, EVAL_SEED, HEURISTICS, ORACLES, TABLE_LEGEND, Batch,  # noqa: E402
                                       compare_to_reference, load_world_models, mean_ci, paired, rollouts, table)
 from pafu_core.world.metrics import CHANCE  # noqa: E402
 from pafu_core.world.scenes import DEFAULT_WORLD  # noqa: E402
@@ -43,11 +44,17 @@ def verdicts(rows, budgets, learned: list[str]) -> tuple[str, dict]:
         best_o = max(orac, key=orac.get) if orac else None
         for name in learned:
             entry = {}
-            for base in (p for p in ("fifo", "sink_window") if p in heur):    # the ones this run scored
+            free = [p for p in heur if p != "random"]
+            best_free = max(free, key=heur.get) if free else None
+            bases = [p for p in ("fifo", "sink_window") if p in heur]        # the ones this run scored
+            if best_free is not None and best_free not in bases:
+                bases.append(best_free)
+            for base in bases:
                 m, lo, hi = paired(rows, name, base, b)
                 entry[f"minus_{base}"] = (m, lo, hi)
+                best = "  <- the best training-free policy" if base == best_free else ""
                 lines.append(f"{100 * b:g}% {name} - {base}: {m:+.3f}, 95% CI [{lo:+.3f}, {hi:+.3f}]"
-                             f"{'  (above zero)' if lo > 0 else ''}")
+                             f"{'  (above zero)' if lo > 0 else ''}{best}")
             if best_o is not None and best_h is not None:
                 gap = orac[best_o] - heur[best_h]
                 closed = (acc(name) - heur[best_h]) / gap if gap > 0 else float("nan")
@@ -107,11 +114,12 @@ def main(argv=None):
     header = (f"tiny world, {mode}, {args.frames} latent frames, {args.videos} videos (seed {args.seed}), budgets as "
               f"fractions of the {DEFAULT_WORLD.clip_frames}-frame training clip, K/V storage {args.kv_storage}, "
               f"CPU threads {torch.get_num_threads()}; chance = {CHANCE:.3f}")
-    report = header + "\n\n" + table(rows) + "\n\n" + text
+    report = header + "\n\n" + table(rows) + "\n\n" + TABLE_LEGEND + "\n\n" + text
     print(report)
     with open(os.path.join(args.out, "results.md"), "w") as fh:
         fh.write(report + "\n")
-    per_video = [{"policy": r.policy, "budget": r.budget, "video": r.row, "accuracy": r.accuracy,
+    per_video = [{"policy": r.policy, "budget": r.budget, "video": r.row, "score": r.accuracy, "recall": r.recall,
+                  "false_rate": r.false_rate, "all_right": r.all_right,
                   "psnr": r.psnr, "change": r.change, "rhythm": r.schedule} for r in rows]
     with open(os.path.join(args.out, "results.json"), "w") as fh:
         json.dump({"header": header, "verdicts": summary, "videos": per_video}, fh, indent=1)

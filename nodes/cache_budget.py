@@ -6,13 +6,15 @@ from comfy_api.latest import io
 
 from ..pafu_core.cache import KV_STORAGE, REFERENCE_FRAMES
 from ..pafu_core.policies import POLICY_NAMES
-from ..pafu_core.settings import BUDGET_UNITS, CacheSettings, finite
+from ..pafu_core.settings import BUDGET_UNITS, DEFAULT_POLICY, CacheSettings, finite
 from ..pafu_core.wan import WAN21_1_3B
 from .types import PafuCache
 
-POLICY_HELP = ("pafu: learned salience head (connect a head to the sampler or patch). keep_all: no eviction, memory grows "
-               "with the video. fifo: sliding window. sink_window: first frames + window. attention_mass: "
-               "H2O-style accumulated attention. key_norm: keeps low-norm keys. random: control.")
+POLICY_HELP = ("standout (default, no head needed): keeps keys that stand out in their frame, newest first; tuned on "
+               "the tiny world, unmeasured on Wan. pafu: learned salience head (connect a head for your model to the "
+               "sampler or patch). keep_all: no eviction, memory grows with the video. fifo: sliding window. "
+               "sink_window: first frames + window. attention_mass: H2O-style accumulated attention (all-in-one "
+               "sampler only). key_norm: keeps low-norm keys. random: control.")
 
 
 class PaFuKVCacheBudget(io.ComfyNode):
@@ -25,7 +27,7 @@ class PaFuKVCacheBudget(io.ComfyNode):
             description="Cache policy and budget for the PaFu AR Chunk Sampler; the text output estimates the "
                         "cache memory for Wan 2.1 1.3B at the stated resolution.",
             inputs=[
-                io.Combo.Input("policy", options=list(POLICY_NAMES), default="pafu", tooltip=POLICY_HELP),
+                io.Combo.Input("policy", options=list(POLICY_NAMES), default=DEFAULT_POLICY, tooltip=POLICY_HELP),
                 io.Float.Input("budget", default=0.25, min=0.0, max=1e7, step=0.005,
                                tooltip="Tokens each layer keeps, in budget_unit. 0.25 fraction = 25% of "
                                        "Self-Forcing's 21-frame cache (8190 tokens at 480p)."),
@@ -38,8 +40,9 @@ class PaFuKVCacheBudget(io.ComfyNode):
                 io.Int.Input("reference_frames", default=REFERENCE_FRAMES, min=1, max=4096, optional=True,
                              tooltip="The window a fraction refers to: 21 latent frames for Self-Forcing-class "
                                      "Wan models, the training clip for other models."),
-                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, optional=True,
-                             tooltip="Seed of the random control policy (ignored by the others)."),
+                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, optional=True, control_after_generate=False,
+                             tooltip="Seed of the random control policy (ignored by the others); fixed, so a "
+                                     "queue with nothing changed re-runs nothing."),
                 io.Combo.Input("kv_storage", options=list(KV_STORAGE), default="model", optional=True,
                                tooltip="model: keep cached K/V in the model's dtype. int8: 8-bit K/V with one "
                                        "scale per token and head (about half the memory; each layer is "

@@ -264,7 +264,7 @@ class KVCache:
             return
         self.policy_timer.start()
         n, end = self.length, self.length + self._staged
-        entry = self.policy.entry_scores(layer, keys, values, hidden)
+        entry = self.policy.entry_scores(layer, keys, values, hidden, self.tokens_per_frame)
         self.state[layer, :, n:end, self.channels.index("entry")] = entry.to(torch.float32)
         self.policy_timer.stop()
 

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from .plots import render_curves, render_token_heatmaps
 from .video import panels, to_uint8, write_mp4
-from .world.evaluate import BUDGETED, Batch, compare_to_reference, load_world_models, rollouts, table
+from .world.evaluate import BUDGETED, TABLE_LEGEND, Batch, compare_to_reference, load_world_models, rollouts, table
 from .world.metrics import returns, watched_returns
 from .world.scenes import DEFAULT_WORLD, STYLE_NAMES
 
@@ -79,12 +79,12 @@ def run_demo(args, policies: list[str]) -> None:
     for r in rolls:
         videos[label[r.policy]] = to_uint8(r.frames, args.scale)
         marks[label[r.policy]] = {}
-        for b0, right, total in (returns(r.frames) if truth is None else watched_returns(r.frames, truth)):
-            for t in range(b0, min(b0 + DEFAULT_WORLD.visible_frames, args.frames)):
-                marks[label[r.policy]][t] = right == total
+        for ret in (returns(r.frames) if truth is None else watched_returns(r.frames, truth)):
+            for t in range(ret.frame, min(ret.frame + DEFAULT_WORLD.visible_frames, args.frames)):
+                marks[label[r.policy]][t] = ret.all_right
     for start in range(DEFAULT_WORLD.period, args.frames, DEFAULT_WORLD.period):
         for t in range(start, min(start + DEFAULT_WORLD.visible_frames, args.frames)):
-            events[t] = "the objects return: right colours = green, wrong = red"
+            events[t] = "the objects return: green = all right and nothing invented, red = not"
     side = panels(videos, marks, events)
     write_mp4(side, os.path.join(args.out, "side_by_side.mp4"), desc="side_by_side.mp4")
     last_return = max((t for t in events if t < args.frames - 1), default=args.frames - 1)
@@ -104,7 +104,8 @@ def run_demo(args, policies: list[str]) -> None:
     text = (f"One example video (noise seed {args.seed}, style {args.style}, {mode}): tiny world, {args.frames} latent frames "
             f"({args.frames / DEFAULT_WORLD.clip_frames:g}x the training clip), budget {100 * args.budget:g}% of "
             f"{DEFAULT_WORLD.clip_frames} frames. A single video has no spread; for 16 videos with confidence "
-            f"intervals run `python benchmarks/bench_quality.py`.\n\n" + table(rolls, single=True))
+            f"intervals run `python benchmarks/bench_quality.py`.\n\n" + table(rolls, single=True)
+            + "\n\n" + TABLE_LEGEND)
     with open(os.path.join(args.out, "results.md"), "w") as fh:
         fh.write(text + "\n")
     print(text)

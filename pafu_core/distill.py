@@ -220,7 +220,7 @@ class FeatureRecorder(Policy):
         self.kept: list[torch.Tensor] = []          # token ids with features, per chunk
         self._seen = 0
 
-    def entry_scores(self, layer, keys, values, hidden):
+    def entry_scores(self, layer, keys, values, hidden, tokens_per_frame):
         s = keys.shape[1]
         if layer == 0:
             idx = torch.arange(s) if self.keep >= 1 else torch.randperm(s, generator=self.gen)[:max(1, round(self.keep * s))].sort().values
@@ -232,7 +232,7 @@ class FeatureRecorder(Policy):
             idx = (self.kept[-1] - (self._seen - s)).to(keys.device)
             feats = self.head.features(keys[:, idx], values[:, idx], hidden[:, idx] if hidden is not None else None)
             rec = {"features": feats.to("cpu", torch.float16 if self.keep < 1 else torch.float32),
-                   "key_norm": KeyNorm().entry_scores(layer, keys, values, hidden).float().cpu()}
+                   "key_norm": KeyNorm().entry_scores(layer, keys, values, hidden, tokens_per_frame).float().cpu()}
         self.chunks.setdefault(layer, []).append(rec)
         return torch.zeros(keys.shape[:2], device=keys.device)
 

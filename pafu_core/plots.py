@@ -61,7 +61,7 @@ def render_curves(reports: list[CacheReport], width: int = 900, height: int = 56
 
 
 def plot_accuracy_vs_budget(rows, budgets, policies, path: str, chance: float | None = None) -> None:
-    """Mean return accuracy with its 95% CI against the budget, one line per policy (keep-all: a band)."""
+    """Mean primary return score with its 95% CI against the budget, one line per policy (keep-all: a band)."""
     from .world.evaluate import mean_ci
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
@@ -82,8 +82,8 @@ def plot_accuracy_vs_budget(rows, budgets, policies, path: str, chance: float | 
     if chance is not None:
         ax.axhline(chance, color="k", ls="--", lw=0.8, label=f"chance ({chance:.2f})")
     ax.set_xlabel("budget (% of the 36-frame training clip)")
-    ax.set_ylabel("return accuracy (world truth)")
-    ax.set_ylim(0, 1.02)
+    ax.set_ylabel("score: right - invented objects, per object (world truth)")
+    ax.set_ylim(min(0.0, min((r.accuracy for r in rows), default=0.0) - 0.02), 1.02)
     ax.set_xticks([100 * x for x in xs])
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, ncol=2)

@@ -11,6 +11,7 @@ tensors; none of them reads the cached K/V.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -30,9 +31,9 @@ class Policy:
     #: per-token channels kept in the cache: "entry" receives ``entry_scores``, "mass" the attention mass
     state_channels: tuple[str, ...] = ()
 
-    def entry_scores(self, layer: int, keys, values, hidden) -> torch.Tensor:
+    def entry_scores(self, layer: int, keys, values, hidden, tokens_per_frame: int) -> torch.Tensor:
         """One layer's entering tokens: keys [B, S, H, D] before RoPE, values [B, S, H, D], hidden
-        [B, S, dim] -> [B, S], stored in the "entry" channel."""
+        [B, S, dim] (S = whole frames of ``tokens_per_frame``) -> [B, S], stored in the "entry" channel."""
         raise NotImplementedError
 
     def score(self, view) -> torch.Tensor:
@@ -89,11 +90,45 @@ class KeyNorm(Policy):
     entry_features = frozenset({"keys"})
     state_channels = ("entry",)
 
-    def entry_scores(self, layer, keys, values, hidden) -> torch.Tensor:
+    def entry_scores(self, layer, keys, values, hidden, tokens_per_frame) -> torch.Tensor:
         return -torch.linalg.vector_norm(keys.to(torch.float32), dim=-1).mean(dim=-1)
 
     def score(self, view) -> torch.Tensor:
         return view.entering_state("entry")
+
+
+@dataclass
+class Standout(Policy):
+    """Training-free and content-aware: keeps the keys that stand out in their own frame, newest first.
+
+    Each entering token scores by how far its key (pre-RoPE, after the key norm) lies from the mean
+    key of its frame, averaged over heads and min-max normalised per layer and chunk to [0, 1]; a
+    recency term adds ``recency`` for every budget window of frame index, so its meaning is the same
+    at any budget and clip length (a token one window older must stand out ``recency`` more to stay).
+    It needs only keys: no head, no attention weights, so it runs on core's AR path too."""
+
+    #: salience per budget window of recency; chosen on the tiny world's tuning seed (README, sweep)
+    recency: float = 0.2
+    name = "standout"
+    entry_features = frozenset({"keys"})
+    state_channels = ("entry",)
+
+    def __post_init__(self):
+        if not (math.isfinite(self.recency) and self.recency >= 0):
+            raise ValueError(f"standout recency must be a finite number >= 0, got {self.recency}")
+
+    def entry_scores(self, layer, keys, values, hidden, tokens_per_frame) -> torch.Tensor:
+        b, s, h, d = keys.shape
+        frames = keys.to(torch.float32).view(b, s // tokens_per_frame, tokens_per_frame, h, d)
+        spread = torch.linalg.vector_norm(frames - frames.mean(dim=2, keepdim=True), dim=-1).mean(dim=-1)
+        spread = spread.flatten(1)                                                # [B, S]
+        low, high = spread.aminmax(dim=1, keepdim=True)
+        return (spread - low) / (high - low).clamp_min(1e-12)
+
+    def score(self, view) -> torch.Tensor:
+        window = max(1.0, view.cache.budget_tokens / view.tokens_per_frame)
+        frame = view.entering_frame_index.to(torch.float32)
+        return view.entering_state("entry") + (self.recency / window) * frame
 
 
 @dataclass
@@ -168,7 +203,7 @@ class PaFuSalience(Policy):
         self.scores_on_entry = not head.rescores
         self.state_channels = ("entry", "newer") if head.rescores else ("entry",)
 
-    def entry_scores(self, layer, keys, values, hidden) -> torch.Tensor:
+    def entry_scores(self, layer, keys, values, hidden, tokens_per_frame) -> torch.Tensor:
         return self.head.entry_scores(layer, keys, values, hidden)
 
     def score(self, view) -> torch.Tensor:
@@ -188,13 +223,13 @@ class PaFuSalience(Policy):
         return "pafu (re-scoring)" if self.head.rescores else "pafu"
 
 
-POLICY_NAMES = ("keep_all", "fifo", "sink_window", "attention_mass", "key_norm", "random", "pafu")
+POLICY_NAMES = ("keep_all", "fifo", "sink_window", "attention_mass", "key_norm", "standout", "random", "pafu")
 
 
 def make_policy(name: str, head: SalienceScorer | None = None, seed: int = 0) -> Policy:
     """Build a policy by name; ``pafu`` needs a salience head."""
     simple = {"keep_all": KeepAll, "fifo": FifoWindow, "sink_window": SinkWindow,
-              "attention_mass": AttentionMass, "key_norm": KeyNorm}
+              "attention_mass": AttentionMass, "key_norm": KeyNorm, "standout": Standout}
     if name in simple:
         return simple[name]()
     if name == "random":

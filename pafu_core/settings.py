@@ -15,13 +15,16 @@ import torch
 from .cache import KV_STORAGE, REFERENCE_FRAMES, CacheBudget, cache_bytes_for, kv_bytes_per_token
 from .policies import POLICY_NAMES, Policy, make_policy
 
+#: the policy a user gets without choosing: it needs no head, so it runs on any model
+DEFAULT_POLICY = "standout"
+
 #: the node's names for budget units -> CacheBudget's
 BUDGET_UNITS = {"fraction": "fraction", "latent_frames": "frames", "tokens": "tokens", "GiB": "GiB"}
 
 
 @dataclass(frozen=True)
 class CacheSettings:
-    policy: str = "pafu"
+    policy: str = DEFAULT_POLICY
     budget: float = 0.25
     budget_unit: str = "fraction"          # "fraction" of reference_frames, "latent_frames", "tokens", "GiB"
     sink_frames: int = 0

@@ -218,3 +218,41 @@ def test_newer_at_place_channel_equals_brute_force():
                     assert int(age[layer, b, slot]) == newest - f
                     checked += 1
         assert checked == 4 * tokens.shape[-1]
+
+
+def test_standout_scores_distance_from_the_frame_mean_and_recency_per_window():
+    """Brute force: per token, the mean over heads of |k - mean key of its frame|, min-max normalised over
+    the chunk; the recency adds ``recency`` per budget window of frame index (same at any budget)."""
+    from pafu_core.policies import Standout
+    gen = torch.Generator().manual_seed(3)
+    keys = torch.randn(2, 3 * 4, 2, 5, generator=gen)        # 3 frames of 4 tokens, 2 heads
+    got = Standout().entry_scores(0, keys, keys, None, 4)
+    want = torch.empty(2, 12)
+    for b in range(2):
+        for f in range(3):
+            frame = keys[b, 4 * f:4 * f + 4]
+            want[b, 4 * f:4 * f + 4] = (frame - frame.mean(0)).norm(dim=-1).mean(-1)
+        want[b] = (want[b] - want[b].min()) / (want[b].max() - want[b].min())
+    assert torch.allclose(got, want, atol=1e-6)
+    with pytest.raises(ValueError, match="recency"):
+        Standout(recency=float("nan"))
+
+    class View:                       # what score() reads: the entering frames, the entry channel, the budget
+        def __init__(self, budget_tokens):
+            self.cache = type("C", (), {"budget_tokens": budget_tokens})()
+            self.tokens_per_frame = 4
+            self.entering_frame_index = torch.tensor([[[10, 10, 20, 20]]])
+
+        def entering_state(self, name):
+            return torch.zeros(1, 1, 4)
+
+    for window_frames in (2, 8):
+        s = Standout(recency=0.5).score(View(4 * window_frames))
+        assert torch.allclose(s[..., 2] - s[..., 0], torch.tensor(0.5 * 10 / window_frames))
+
+
+def test_standout_keeps_what_stands_out_and_runs_without_a_head(runner, context):
+    report = rollout(runner, context, "standout", CacheBudget(6), frames=12).report
+    assert report.chunks[-1].kv_bytes > 0 and report.budget_tokens == 6 * 16
+    from pafu_core.native import check_native_policy
+    check_native_policy(make_policy("standout"))          # needs keys only: core's AR path takes it

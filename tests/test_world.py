@@ -1,10 +1,12 @@
 """The tiny world: deterministic, its codec exact, its truth metric separates memory from forgetting."""
 
+import pytest
 import torch
 
 from pafu_core.world.codec import decode_frames, encode_frames
 from pafu_core.world.metrics import (CHANCE, appearances, change_accuracy, object_mask, cell_colors, psnr,
-                                     return_accuracy, schedule_accuracy, ssim)
+                                     return_accuracy, return_scores, schedule_accuracy, ssim, watched_return_scores,
+                                     watched_returns)
 from pafu_core.world.scenes import DEFAULT_WORLD, OBJECT_COLORS, render_clip, style_context, visible_schedule
 
 W = DEFAULT_WORLD
@@ -128,3 +130,28 @@ def test_world_oracle_keeps_the_latest_appearance_of_the_objects_then_the_newest
     rest = scores.clone()
     rest[kept] = float("-inf")
     assert int(rest.argmax()) // 16 == 47                                       # then the newest frame
+
+
+def test_objects_drawn_where_the_world_has_none_count_against():
+    """The primary score subtracts invented objects: a prediction that brings every object back right but
+    also paints objects in empty cells scores below its recall, and a return is all-right only without them."""
+    clip = render_clip(3, 60)
+    truth = clip.frames
+    empty = [c for c in range(W.cells) if c not in clip.positions.tolist()][:2]
+    invented = truth.clone()
+    c = W.cell
+    first_return = appearances(truth)[1][0]
+    for cell in empty:
+        r, col = divmod(cell, W.grid)
+        invented[first_return, :, r * c:(r + 1) * c, col * c:(col + 1) * c] = OBJECT_COLORS[0].view(3, 1, 1)
+    exact = watched_return_scores(truth, truth)
+    assert exact == (1.0, 1.0, 0.0, 1.0)
+    found = watched_returns(invented, truth)
+    assert (found[0].right, found[0].wanted, found[0].false) == (W.num_objects, W.num_objects, 2)
+    assert not found[0].all_right and all(r.all_right for r in found[1:])
+    scores = watched_return_scores(invented, truth)
+    wanted = sum(r.wanted for r in found)
+    assert scores.recall == 1.0 and scores.false_rate == 2 / wanted
+    assert scores.primary == pytest.approx(1.0 - 2 / wanted) and scores.all_right == pytest.approx(1 - 1 / len(found))
+    # free videos: an object at a return in a cell that showed none before is invented too
+    assert return_scores(invented).false_rate == 2 / wanted

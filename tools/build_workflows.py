@@ -33,25 +33,29 @@ NEGATIVE = ("static, blurry details, subtitles, worst quality, low quality, JPEG
 
 FOX_PROMPT = ("A red fox trots along a snowy forest path at dawn, soft golden light through the pines, "
               "breath visible in the cold air, the camera tracking beside it, cinematic, detailed fur.")
-#: the UNET, its budget and head into PaFu KV Cache Patch (the patched graphs' common start)
-PATCH_LINKS = [("unet", "MODEL", "patch", "model"), ("budget", "cache", "patch", "cache"), ("head", "head", "patch", "head")]
+#: the UNET and its budget into PaFu KV Cache Patch (the patched graphs' common start; the tiny one adds its head)
+PATCH_LINKS = [("unet", "MODEL", "patch", "model"), ("budget", "cache", "patch", "cache")]
+#: a node the frontend skips when it queues (LiteGraph's "bypass" mode)
+BYPASS = 4
 
 TINY_FRAMES = 360          # 10x the tiny world's 36-frame training clip
-HEAD_NOTE = ("The salience head: no public PaFu-KV head for Wan exists yet. Distil one with "
-             "`python -m pafu_core.distill --config configs/distill_wan21_1.3b.json` and put it in "
-             f"`models/pafu_heads` as `{WAN_HEAD_NAME}`, or switch the budget's policy to `sink_window`.")
+HEAD_NOTE = ("**Policy:** `standout`, which needs no head (it keeps the keys that stand out in their frame, newest "
+             "first; tuned on the pack's tiny world, its quality on Wan is not measured yet). No public PaFu-KV "
+             "head for Wan exists yet: to use the learned policy, distil one (`python -m pafu_core.distill --config "
+             f"configs/distill_wan21_1.3b.json`), put it in `models/pafu_heads`, un-bypass the PaFu Salience Head "
+             "Loader (Ctrl+B), pick the file, connect its head output, and set the budget's policy to `pafu`.")
 
 
-def sampler(key, x, y, cache, seed=7):
+def sampler(key, x, y, cache, seed=7, chunk_frames=3):
     return {"key": key, "type": "PaFuARChunkSampler", "pos": [x, y],
-            "widgets": {"seed": seed, "control_after_generate": "fixed", "chunk_frames": 3,
+            "widgets": {"seed": seed, "control_after_generate": "fixed", "chunk_frames": chunk_frames,
                         "timesteps": "1000,750,500,250", "context_timestep": 0.0}}
 
 
 def budget(key, x, y, policy, sink=0, reference=36, value=0.25):
     return {"key": key, "type": "PaFuKVCacheBudget", "pos": [x, y],
             "widgets": {"policy": policy, "budget": value, "budget_unit": "fraction", "sink_frames": sink,
-                        "reference_frames": reference}}
+                        "reference_frames": reference, "seed": 0}}
 
 
 def tiny_common(frames=TINY_FRAMES):
@@ -191,7 +195,7 @@ def tiny_core_ar():
                  "block) at 25% of the 36-frame training clip, for a 360-frame video. The latent comes from "
                  "PaFu Tiny World Scene: core's EmptyARVideoLatent assumes Wan's 4x VAE stride."},
     ]
-    links = list(PATCH_LINKS)
+    links = PATCH_LINKS + [("head", "head", "patch", "head")]
     core_ar(nodes, links, "patch", "model", ("scene", "positive"), ("scene", "latent"), 3, 400, 400)
     links += [("sca", "output", "decode", "latent"), ("decode", "frames", "save", "images")]
     return nodes, links
@@ -209,9 +213,11 @@ def wan_text_nodes(prompt, x=0, y=200):
 
 
 def wan_head_budget(x, y, reference=21):
-    return [budget("budget", x, y, "pafu", reference=reference),
-            {"key": "head", "type": "PaFuSalienceHeadLoader", "pos": [x, y + 330],
-             "widgets": {"source": "local", "head_name": WAN_HEAD_NAME}}]
+    """The budget on the training-free policy, and a head loader left bypassed and unconnected (no Wan head
+    exists to download): the graph runs with the documented downloads alone."""
+    return [budget("budget", x, y, "standout", reference=reference),
+            {"key": "head", "type": "PaFuSalienceHeadLoader", "pos": [x, y + 330], "mode": BYPASS,
+             "widgets": {"source": "local", "head_name": ""}}]
 
 
 def video_out(nodes, links, latent_src, x, y, prefix, fps=16):
@@ -252,35 +258,36 @@ def wan_causal_forcing_i2v():
 
 def wan_causal_t2v():
     prompt = FOX_PROMPT
-    nodes = [{"key": "unet", "type": "UNETLoader", "pos": [0, 0],
-              "widgets": {"unet_name": SELF_FORCING_SAFETENSORS, "weight_dtype": "default"}}]
+    nodes = [{"key": "unet", "type": "UNETLoader", "pos": [0, 0], "models": [TEMPLATE_CAUSAL_FORCING],
+              "widgets": {"unet_name": TEMPLATE_CAUSAL_FORCING["name"], "weight_dtype": "default"}}]
     nodes += wan_text_nodes(prompt) + wan_head_budget(0, 580)
     nodes += [{"key": "patch", "type": "PaFuKVCachePatch", "pos": [850, 0]},
               {"key": "latent", "type": "EmptyARVideoLatent", "pos": [850, 160],
                "widgets": {"width": 832, "height": 480, "length": 333, "batch_size": 1}},
-              {"key": "note", "type": "MarkdownNote", "pos": [850, 400], "size": [440, 340],
-               "text": "**Wan 2.1 causal text-to-video (Self-Forcing, chunk-wise) with a bounded cache** on ComfyUI's "
-                       "own AR sampler: EmptyARVideoLatent (333 frames = 84 latent frames, four times Self-Forcing's "
-                       "21-frame cache), **PaFu KV Cache Patch** at 25% of that window, SamplerARVideo at 3 frames "
-                       "per block.\n\nThe model: no ComfyUI template names a chunk-wise Self-Forcing safetensors. "
-                       f"Download `self_forcing_dmd.pt` from {SELF_FORCING_PT_PAGE} and convert it: "
-                       "`python -m pafu_core.convert self_forcing_dmd.pt models/diffusion_models/"
-                       f"{SELF_FORCING_SAFETENSORS}` (marks it causal-AR for UNETLoader). Text encoder and VAE: "
-                       "the frontend offers the downloads.\n\n" + HEAD_NOTE}]
+              {"key": "note", "type": "MarkdownNote", "pos": [850, 400], "size": [440, 360],
+               "text": "**Wan 2.1 causal text-to-video with a bounded cache** on ComfyUI's own AR sampler: the "
+                       "Causal Forcing model of ComfyUI's own template (frame-wise: 1 latent frame per block), "
+                       "EmptyARVideoLatent (333 frames = 84 latent frames, four times the 21-frame window), "
+                       "**PaFu KV Cache Patch** at 25% of that window.\n\nModels (the frontend offers the "
+                       "downloads): `causal_forcing-framewise.safetensors`, "
+                       "`umt5_xxl_fp8_e4m3fn_scaled.safetensors`, `wan_2.1_vae.safetensors`. A chunk-wise "
+                       f"Self-Forcing model works too: download `self_forcing_dmd.pt` from {SELF_FORCING_PT_PAGE}, "
+                       "convert it with `python -m pafu_core.convert self_forcing_dmd.pt models/diffusion_models/"
+                       f"{SELF_FORCING_SAFETENSORS}` and set 3 frames per block.\n\n" + HEAD_NOTE}]
     links = PATCH_LINKS + [
         ("clip", "CLIP", "text", "clip"), ("clip", "CLIP", "neg", "clip")]
-    core_ar(nodes, links, "patch", "model", ("text", "CONDITIONING"), ("latent", "LATENT"), 3, 1350, 0,
+    core_ar(nodes, links, "patch", "model", ("text", "CONDITIONING"), ("latent", "LATENT"), 1, 1350, 0,
             negative=("neg", "CONDITIONING"), seed=42)
     video_out(nodes, links, ("sca", "output"), 2150, 0, "video/pafu_causal_t2v")
     return nodes, links
 
 
-def wan_self_forcing():
+def wan_sampler_t2v():
     """The all-in-one sampler on a Wan checkpoint: works on every supported ComfyUI (0.8.0 included)."""
     prompt = FOX_PROMPT
     nodes = [
-        {"key": "unet", "type": "UNETLoader", "pos": [0, 0],
-         "widgets": {"unet_name": SELF_FORCING_SAFETENSORS, "weight_dtype": "default"}},
+        {"key": "unet", "type": "UNETLoader", "pos": [0, 0], "models": [TEMPLATE_CAUSAL_FORCING],
+         "widgets": {"unet_name": TEMPLATE_CAUSAL_FORCING["name"], "weight_dtype": "default"}},
         {"key": "shift", "type": "ModelSamplingSD3", "pos": [0, 120], "widgets": {"shift": 5.0}},
         {"key": "clip", "type": "CLIPLoader", "pos": [0, 260], "models": [TEMPLATE_T5],
          "widgets": {"clip_name": TEMPLATE_T5["name"], "type": "wan", "device": "default"}},
@@ -288,26 +295,28 @@ def wan_self_forcing():
         {"key": "latent", "type": "EmptyHunyuanLatentVideo", "pos": [0, 440],
          "widgets": {"width": 832, "height": 480, "length": 165, "batch_size": 1}},
         *wan_head_budget(0, 640),
-        sampler("sampler", 850, 0, "budget", seed=42),
+        sampler("sampler", 850, 0, "budget", seed=42, chunk_frames=1),
         {"key": "vae", "type": "VAELoader", "pos": [850, 420], "models": [TEMPLATE_VAE],
          "widgets": {"vae_name": TEMPLATE_VAE["name"]}},
         {"key": "decode", "type": "VAEDecode", "pos": [1200, 0]},
         {"key": "save", "type": "SaveAnimatedWEBP", "pos": [1450, 0],
-         "widgets": {"filename_prefix": "pafu_self_forcing", "fps": 16.0, "lossless": False, "quality": 90, "method": "default"}},
+         "widgets": {"filename_prefix": "pafu_wan_t2v", "fps": 16.0, "lossless": False, "quality": 90, "method": "default"}},
         {"key": "report", "type": "PaFuCacheReport", "pos": [1200, 420]},
-        {"key": "curves", "type": "SaveImage", "pos": [1450, 420], "widgets": {"filename_prefix": "pafu_self_forcing_curves"}},
+        {"key": "curves", "type": "SaveImage", "pos": [1450, 420], "widgets": {"filename_prefix": "pafu_wan_t2v_curves"}},
         {"key": "note", "type": "MarkdownNote", "pos": [380, 500], "size": [420, 320],
-         "text": "**Wan 2.1 Self-Forcing 1.3B with PaFu-KV at 25% of the 21-frame cache**, through the pack's own "
-                 "PaFu AR Chunk Sampler (any supported ComfyUI, 0.8.0 included): 165 frames = 42 latent frames, "
-                 "twice Self-Forcing's window.\n\nThe model: download `self_forcing_dmd.pt` from "
-                 f"{SELF_FORCING_PT_PAGE} and convert it: `python -m pafu_core.convert self_forcing_dmd.pt "
-                 f"models/diffusion_models/{SELF_FORCING_SAFETENSORS}` (or load the .pt with the PaFu AR "
-                 "Checkpoint Loader). Text encoder and VAE: the frontend offers the downloads.\n\n" + HEAD_NOTE},
+         "text": "**Wan 2.1 text-to-video with a bounded cache through the pack's own PaFu AR Chunk Sampler** "
+                 "(any supported ComfyUI, 0.8.0 included): the Causal Forcing model of ComfyUI's own template "
+                 "(frame-wise: chunks of 1 latent frame), 165 frames = 42 latent frames, twice the 21-frame window, "
+                 "at 25% of it.\n\nModels (the frontend offers the downloads): `causal_forcing-framewise.safetensors`, "
+                 "`umt5_xxl_fp8_e4m3fn_scaled.safetensors`, `wan_2.1_vae.safetensors`. For Self-Forcing (chunks of 3): "
+                 f"download `self_forcing_dmd.pt` from {SELF_FORCING_PT_PAGE} and convert it with "
+                 f"`python -m pafu_core.convert self_forcing_dmd.pt models/diffusion_models/{SELF_FORCING_SAFETENSORS}` "
+                 "(or load the .pt with the PaFu AR Checkpoint Loader), then set chunk_frames to 3.\n\n" + HEAD_NOTE},
     ]
     links = [("unet", "MODEL", "shift", "model"), ("clip", "CLIP", "text", "clip"),
              ("shift", "MODEL", "sampler", "model"), ("text", "CONDITIONING", "sampler", "positive"),
              ("latent", "LATENT", "sampler", "latent"), ("budget", "cache", "sampler", "cache"),
-             ("head", "head", "sampler", "head"), ("sampler", "latent", "decode", "samples"),
+             ("sampler", "latent", "decode", "samples"),
              ("vae", "VAE", "decode", "vae"), ("decode", "IMAGE", "save", "images"),
              ("sampler", "report", "report", "report"), ("decode", "IMAGE", "report", "frames"),
              ("report", "curves", "curves", "images")]
@@ -320,7 +329,7 @@ SPECS = {
     "pafu_tiny_world_core_ar": tiny_core_ar,
     "pafu_wan21_causal_forcing_i2v": wan_causal_forcing_i2v,
     "pafu_wan21_causal_t2v": wan_causal_t2v,
-    "pafu_wan21_self_forcing_t2v": wan_self_forcing,
+    "pafu_wan21_sampler_t2v": wan_sampler_t2v,
 }
 #: the workflows that need ComfyUI's native AR nodes (0.27+)
 CORE_AR = ("pafu_tiny_world_core_ar", "pafu_wan21_causal_forcing_i2v", "pafu_wan21_causal_t2v")
@@ -342,6 +351,7 @@ BUILD_JS = """
     }
     if (spec.text !== undefined) n.widgets[0].value = spec.text;
     if (spec.models) n.properties.models = spec.models;
+    if (spec.mode !== undefined) n.mode = spec.mode;
     made[spec.key] = n;
   }
   for (const [src, out, dst, inp] of links) {

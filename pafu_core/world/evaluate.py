@@ -1,7 +1,7 @@
 """Roll the tiny world's student out under each policy and score it (shared by demo and benchmark).
 
-Quality, primary: ``return_accuracy`` from the world's truth (do the objects come back as they were
-last seen?). Secondary: fidelity to the keep-all rollout with the same noise (PSNR, SSIM).
+Quality, primary: the world's truth at every return, per object (right objects count for, objects
+drawn where the world has none count against; ``metrics.ReturnScores``). Secondary: fidelity to the keep-all rollout with the same noise (PSNR, SSIM).
 Cost: K/V bytes held, bytes the cache owns, and time per chunk at the end of the rollout.
 Statistics: every policy runs on the same videos (same noise), so policies are compared by their
 per-video paired differences, with a t-based 95% confidence interval.
@@ -18,18 +18,19 @@ import torch
 
 from ..adapter import WanChunkRunner
 from ..cache import CacheBudget
-from ..policies import make_policy
+from ..policies import Policy, make_policy
 from ..report import CacheReport
 from ..salience import SalienceHead, load_head
 from ..sampler import SamplerConfig, sample_video
 from ..wan import load_wan_checkpoint
 from . import assets
 from .codec import decode_frames, encode_frames
-from .metrics import change_accuracy, psnr, return_accuracy, schedule_accuracy, ssim, watched_return_accuracy
+from .metrics import change_accuracy, psnr, return_scores, schedule_accuracy, ssim, watched_return_scores
 from .oracles import CausalUseOracle, FrameTape, WorldOracle
 from .scenes import DEFAULT_WORLD, render_clip, style_context
 
-HEURISTICS = ("fifo", "sink_window", "attention_mass", "key_norm", "random")
+#: every policy that needs no training (the best of them is what a learned head must beat)
+HEURISTICS = ("fifo", "sink_window", "attention_mass", "key_norm", "standout", "random")
 ORACLES = ("oracle_world", "oracle_causal")
 BUDGETED = HEURISTICS + ("pafu",) + ORACLES
 #: noise seeds: the benchmark's evaluation batch, and the batch used to choose between variants;
@@ -53,7 +54,10 @@ class Rollout:
     row: int
     frames: torch.Tensor           # [F, 3, 16, 16] in [-1, 1]
     report: CacheReport
-    accuracy: float                # return accuracy (the world's truth)
+    accuracy: float                # primary return score (the world's truth): right minus false, per object
+    recall: float                  # share of returning objects shown right
+    false_rate: float              # objects drawn where the world has none, per returning object
+    all_right: float               # share of returns with every object right and nothing invented
     change: float
     schedule: float
     psnr: float = float("nan")     # vs keep-all, same noise
@@ -98,8 +102,9 @@ class Batch:
 def rollouts(student: WanChunkRunner, head: SalienceHead | None, policy: str, budget_fraction: float | None,
              batch: Batch, device: str = "cpu", sink_frames: int = 1, chunk_callback=None,
              reference: list[Rollout] | None = None, label: str | None = None,
-             kv_storage: str = "model") -> list[Rollout]:
-    """One batched rollout under ``policy`` (``oracle_causal`` needs the keep-all ``reference``)."""
+             kv_storage: str = "model", custom: Policy | None = None) -> list[Rollout]:
+    """One batched rollout under ``policy`` (``oracle_causal`` needs the keep-all ``reference``;
+    ``custom``: this policy object instead of the named one, e.g. a swept setting)."""
     budget = None
     if policy != "keep_all":
         budget = CacheBudget(budget_fraction, unit="fraction", reference_frames=DEFAULT_WORLD.clip_frames,
@@ -118,7 +123,7 @@ def rollouts(student: WanChunkRunner, head: SalienceHead | None, policy: str, bu
         latents = observed if observed is not None else torch.stack([r.latents for r in reference]).to(device)
         pol = CausalUseOracle.from_rollout(student, latents, context, batch.sampler.sigmas, batch.sampler.chunk_frames)
     else:
-        pol = make_policy(policy, head=head, seed=batch.seed)
+        pol = custom if custom is not None else make_policy(policy, head=head, seed=batch.seed)
     res = sample_video(student, context, num_frames=batch.frames, height=side, width=side, policy=pol,
                        budget=budget, config=batch.sampler, batch=len(batch.styles), device=device,
                        chunk_callback=(lambda s, x: [c(s, x) for c in callbacks]) if callbacks else None,
@@ -126,9 +131,9 @@ def rollouts(student: WanChunkRunner, head: SalienceHead | None, policy: str, bu
     out = []
     for row in range(len(batch.styles)):
         video = decode_frames(res.latents[row].cpu())
-        accuracy = return_accuracy(video) if truth is None else watched_return_accuracy(video, truth[row])
+        scores = return_scores(video) if truth is None else watched_return_scores(video, truth[row])
         out.append(Rollout(label or policy, budget_fraction if budget else None, row, video, res.report,
-                           accuracy, change_accuracy(video), schedule_accuracy(video),
+                           *scores, change_accuracy(video), schedule_accuracy(video),
                            latents=res.latents[row].cpu()))
     return out
 
@@ -165,10 +170,25 @@ def mean_ci(values: list[float]) -> tuple[float, float, float]:
 
 
 def paired(rows: list[Rollout], a: str, b: str, budget) -> tuple[float, float, float]:
-    """Mean per-video difference of return accuracy, policy ``a`` minus ``b``, with its 95% CI."""
+    """Mean per-video difference of the primary score, policy ``a`` minus ``b``, with its 95% CI."""
     ra = {r.row: r.accuracy for r in rows if r.policy == a and r.budget == budget}
     rb = {r.row: r.accuracy for r in rows if r.policy == b and r.budget == budget}
     return mean_ci([ra[i] - rb[i] for i in sorted(ra) if i in rb])
+
+
+#: what every column of ``table`` means (printed under it by the demo and the benchmark)
+TABLE_LEGEND = (
+    "Columns: **score** = at every return of the objects, objects shown right (their cell, their latest colour) "
+    "minus objects drawn where the world has none, per returning object (1 = all right, nothing invented); "
+    "**recall** = objects shown right per returning object; **false** = objects invented per returning object; "
+    "**all-right returns** = share of returns with every object right and nothing invented; **changes** = share "
+    "of objects that change colour within an appearance as the world's rule says; **rhythm** = share of gaps "
+    "between appearances that match the world's period; **PSNR / SSIM vs keep-all** = fidelity to the keep-all "
+    "video with the same noise; **K/V held** = self-attention K/V in the cache at the end; **cache owns** = every "
+    "tensor the cache allocated (slots for budget + one chunk, per-token state); **chunk ms (end)** = mean time of "
+    "the last quarter of chunks (all denoising passes + the writing pass), and **policy %** = share of chunk time "
+    "spent scoring and evicting: both measured on whatever machine runs the command, indicative only on a shared "
+    "CPU (the speed benchmarks time in isolation).")
 
 
 def table(rows: list[Rollout], single: bool = False) -> str:
@@ -183,9 +203,9 @@ def table(rows: list[Rollout], single: bool = False) -> str:
         return f"{m:.{digits}f}" if single else f"{m:.{digits}f} ± {sd:.{digits}f}"
 
     ci = "" if single else " 95% CI |"
-    out = [f"| budget | policy | return accuracy (truth) |{ci} changes | rhythm | PSNR vs keep-all | "
-           "SSIM vs keep-all | K/V held MiB | cache owns MiB | chunk ms (end) | policy % | videos |",
-           "|---|---|---|" + ("---|" if ci else "") + "---|---|---|---|---|---|---|---|---|"]
+    out = [f"| budget | policy | score (truth) |{ci} recall | false | all-right returns | changes | rhythm | "
+           "PSNR vs keep-all | SSIM vs keep-all | K/V held MiB | cache owns MiB | chunk ms (end) | policy % | videos |",
+           "|---|---|---|" + ("---|" if ci else "") + "---|---|---|---|---|---|---|---|---|---|---|---|"]
     for budget, policy in keys:
         group = [r for r in rows if (r.budget, r.policy) == (budget, policy)]
         bounds = ""
@@ -199,6 +219,8 @@ def table(rows: list[Rollout], single: bool = False) -> str:
         label = "unbounded" if budget is None else f"{100 * budget:g}%"
         ref = policy == "keep_all"
         out.append(f"| {label} | {policy} | {cell([r.accuracy for r in group], 3)} |{bounds} "
+                   f"{cell([r.recall for r in group], 3)} | {cell([r.false_rate for r in group], 3)} | "
+                   f"{cell([r.all_right for r in group], 2)} | "
                    f"{cell([r.change for r in group], 2)} | {cell([r.schedule for r in group], 2)} | "
                    f"{'ref' if ref else cell([r.psnr for r in group], 2)} | "
                    f"{'ref' if ref else cell([r.ssim for r in group], 3)} | {kv:.3f} | {own:.3f} | {ms:.1f} | "

@@ -1,15 +1,18 @@
 """Scores that the world's rules make exact, read off decoded frames in the video's own timing.
 
-Primary: ``return_accuracy`` - when the objects come back, do they have the colour of their
-*latest* appearance? (``watched_return_accuracy`` when the model predicts a stream it watches: the
-prediction at each return against the world's own frame.) The ground truth scores 1.0; a model that forgot scores near chance (1/6, or 0
-when it forgets the objects altogether); one that copies an older appearance scores near 0, because
-every appearance changes the colours.
+Primary, per object at every return of the objects: an object back in its cell with the colour of
+its *latest* appearance counts for, an object drawn where the world has none counts against
+(``ReturnScores.primary`` = per-object accuracy minus false-object rate). ``watched_*`` scores a
+prediction made while the model watches the world, against the world's own frame; ``return_*`` a
+free video against its own past. The ground truth scores 1.0; a model that forgot scores near chance
+(1/6), or 0 when it forgets the objects altogether; one that copies an older appearance scores near 0,
+because every appearance changes the colours; one that invents objects scores below its recall.
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -52,11 +55,48 @@ def _long_enough(frames: torch.Tensor, cfg: WorldConfig) -> bool:
     return frames.shape[0] >= cfg.period + 1
 
 
+class Return(NamedTuple):
+    """One return of the objects, scored per object: ``right`` objects back in their cell with the
+    right colour out of ``wanted``; ``false`` cells showing an object where there should be none."""
+    frame: int
+    right: int
+    wanted: int
+    false: int
+
+    @property
+    def all_right(self) -> bool:
+        return self.right == self.wanted and self.false == 0
+
+
+class ReturnScores(NamedTuple):
+    """A video's returns summed: ``primary`` = (right - false) / wanted, i.e. per-object accuracy minus
+    the false-object rate (1 = every object right and nothing invented; below 0 when the video invents
+    more objects than it brings back right); ``recall`` = right / wanted; ``false_rate`` = false / wanted;
+    ``all_right`` = share of returns with every object right and nothing drawn where the world is empty."""
+    primary: float
+    recall: float
+    false_rate: float
+    all_right: float
+
+    @classmethod
+    def of(cls, found: list[Return]) -> "ReturnScores":
+        wanted = sum(r.wanted for r in found)
+        if not found or not wanted:
+            nan = float("nan")
+            return cls(nan, nan, nan, nan)
+        right, false = sum(r.right for r in found), sum(r.false for r in found)
+        return cls((right - false) / wanted, right / wanted, false / wanted,
+                   sum(r.all_right for r in found) / len(found))
+
+
+NO_SCORES = ReturnScores(float("nan"), float("nan"), float("nan"), float("nan"))
+
+
 def returns(frames: torch.Tensor, cfg: WorldConfig = DEFAULT_WORLD,
-            tol: float = MATCH_TOLERANCE) -> list[tuple[int, int, int]]:
-    """(first frame of the return, objects back right, objects that should be back) per return: for
-    every object shown at the last frame of an appearance, is the same cell, at the first frame of the
-    next appearance, an object of the same colour?"""
+            tol: float = MATCH_TOLERANCE) -> list[Return]:
+    """Every return of a free video against its own past: for every object shown at the last frame of an
+    appearance, is the same cell, at the first frame of the next appearance, an object of the same
+    colour? A cell showing an object at the return that showed none before counts as false."""
     colors = cell_colors(frames, cfg)
     objects = object_mask(colors)
     segs = appearances(frames, cfg)
@@ -64,43 +104,51 @@ def returns(frames: torch.Tensor, cfg: WorldConfig = DEFAULT_WORLD,
     for (_, a1), (b0, _) in zip(segs, segs[1:]):
         before = objects[a1 - 1]
         same = objects[b0] & ((colors[b0] - colors[a1 - 1]).norm(dim=-1) < tol)
-        out.append((b0, int((before & same).sum()), int(before.sum())))
+        out.append(Return(b0, int((before & same).sum()), int(before.sum()), int((objects[b0] & ~before).sum())))
     return out
 
 
-def return_accuracy(frames: torch.Tensor, cfg: WorldConfig = DEFAULT_WORLD, tol: float = MATCH_TOLERANCE) -> float:
-    """Share of returning objects that come back right (see ``returns``). NaN for a video too short
-    for a return; 0 when the objects never come back."""
+def return_scores(frames: torch.Tensor, cfg: WorldConfig = DEFAULT_WORLD, tol: float = MATCH_TOLERANCE) -> ReturnScores:
+    """``returns`` summed (see ``ReturnScores``); NaN for a video too short for a return, and a primary
+    score of 0 when the objects never come back."""
     if not _long_enough(frames, cfg):
-        return float("nan")
+        return NO_SCORES
     found = returns(frames, cfg, tol)
-    total = sum(t for _, _, t in found)
-    return sum(r for _, r, _ in found) / total if total else 0.0
+    return ReturnScores.of(found) if found else ReturnScores(0.0, 0.0, 0.0, 0.0)
+
+
+def return_accuracy(frames: torch.Tensor, cfg: WorldConfig = DEFAULT_WORLD, tol: float = MATCH_TOLERANCE) -> float:
+    """The primary score of a free video's returns against its own past (see ``return_scores``)."""
+    return return_scores(frames, cfg, tol).primary
 
 
 def watched_returns(frames: torch.Tensor, truth: torch.Tensor, cfg: WorldConfig = DEFAULT_WORLD,
-                    tol: float = MATCH_TOLERANCE) -> list[tuple[int, int, int]]:
-    """(first frame of the return, objects shown right, objects of the world) per return of a video
-    predicted while watching ``truth`` (the cache holds the real frames): right = in their cell, with
-    their true colour (the colour of their latest appearance)."""
+                    tol: float = MATCH_TOLERANCE) -> list[Return]:
+    """Every return of a video predicted while watching ``truth`` (the cache holds the real frames):
+    right = a world object shown in its cell with its true colour (the colour of its latest
+    appearance); false = a cell that shows an object where the world shows none."""
     true_colors, got_colors = cell_colors(truth, cfg), cell_colors(frames, cfg)
     true_objects, got_objects = object_mask(true_colors), object_mask(got_colors)
     out = []
     for b0, _ in appearances(truth, cfg)[1:]:
         want = true_objects[b0]
         hit = want & got_objects[b0] & ((got_colors[b0] - true_colors[b0]).norm(dim=-1) < tol)
-        out.append((b0, int(hit.sum()), int(want.sum())))
+        out.append(Return(b0, int(hit.sum()), int(want.sum()), int((got_objects[b0] & ~want).sum())))
     return out
+
+
+def watched_return_scores(frames: torch.Tensor, truth: torch.Tensor, cfg: WorldConfig = DEFAULT_WORLD,
+                          tol: float = MATCH_TOLERANCE) -> ReturnScores:
+    """``watched_returns`` summed (see ``ReturnScores``); NaN when the world has no return."""
+    if not _long_enough(truth, cfg):
+        return NO_SCORES
+    return ReturnScores.of(watched_returns(frames, truth, cfg, tol))
 
 
 def watched_return_accuracy(frames: torch.Tensor, truth: torch.Tensor, cfg: WorldConfig = DEFAULT_WORLD,
                             tol: float = MATCH_TOLERANCE) -> float:
-    """Share of the world's returning objects that the prediction shows right (see ``watched_returns``)."""
-    if not _long_enough(truth, cfg):
-        return float("nan")
-    found = watched_returns(frames, truth, cfg, tol)
-    total = sum(t for _, _, t in found)
-    return sum(r for _, r, _ in found) / total if total else float("nan")
+    """The primary score of a watched prediction (see ``watched_return_scores``)."""
+    return watched_return_scores(frames, truth, cfg, tol).primary
 
 
 def change_accuracy(frames: torch.Tensor, cfg: WorldConfig = DEFAULT_WORLD, tol: float = MATCH_TOLERANCE) -> float:
