@@ -4,6 +4,7 @@ Two object patches on the MODEL's ``CausalWanModel``, the way caching packs patc
 ``init_kv_caches`` returns PaFu's budgeted caches instead of whole-video buffers, and
 ``forward_block`` frames every pass so the cache can commit and evict after the pass at timestep 0.
 Core's ``SamplerARVideo`` / ``sample_ar_video`` then runs unchanged (see ``pafu_core/native.py``).
+A core whose protocol differs is refused here, in one sentence (``check_native_protocol``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import logging
 import comfy.model_management
 from comfy_api.latest import io
 
-from ..pafu_core.native import NativeKVCaches, check_native_policy, wrap_forward_block
+from ..pafu_core.native import (NativeKVCaches, check_native_policy, check_native_protocol, wrap_forward_block,
+                                wrap_init_kv_caches)
 from .live import send_chunk_stats
 from .sampler import cache_limit_bytes
 from .types import PafuCache, PafuHead
@@ -56,7 +58,9 @@ class PaFuKVCachePatch(io.ComfyNode):
             raise ValueError("the pafu policy needs a salience head: connect a PaFu Salience Head Loader")
         if head is not None:
             head.check_backbone(diffusion)
-        check_native_policy(cache.build_policy(head))
+        policy = cache.build_policy(head)
+        check_native_policy(policy)
+        check_native_protocol(diffusion, needs_keys="keys" in policy.entry_features)
         node_id = cls.hidden.unique_id if cls.hidden is not None else None
 
         def on_chunk(stats, report):
@@ -64,15 +68,15 @@ class PaFuKVCachePatch(io.ComfyNode):
             if stats.frame_start + stats.frames >= report.total_frames:
                 logging.info("PaFu KV cache on core ar_video: %s", report.summary())
 
-        def init_kv_caches(batch_size, max_seq_len, device, dtype):
+        def build(batch_size, max_seq_len, device, dtype):
             policy = cache.build_policy(head.to(device) if head is not None else None)
             return NativeKVCaches(policy=policy, budget=cache.cache_budget(), num_layers=diffusion.num_layers,
                                   batch=batch_size, num_heads=diffusion.num_heads, head_dim=diffusion.head_dim,
                                   max_seq_len=max_seq_len, device=device, dtype=dtype, storage=cache.kv_storage,
-                                  max_bytes=cache_limit_bytes(), on_chunk=on_chunk).layers()
+                                  max_bytes=cache_limit_bytes(), on_chunk=on_chunk)
 
         patched = model.clone()
-        patched.add_object_patch("diffusion_model.init_kv_caches", init_kv_caches)
+        patched.add_object_patch("diffusion_model.init_kv_caches", wrap_init_kv_caches(diffusion, build))
         original = type(diffusion).forward_block.__get__(diffusion, type(diffusion))
         patched.add_object_patch("diffusion_model.forward_block", wrap_forward_block(diffusion, original))
         comfy.model_management.throw_exception_if_processing_interrupted()

@@ -106,9 +106,9 @@ def test_i2v_start_latent_is_protected_like_a_sink(core):
     pafu_core = core["pafu"]
     real_layers = pafu_core.native.NativeKVCaches.layers
 
-    def keep(self):
+    def keep(self, *args):
         reports.append(self)
-        return real_layers(self)
+        return real_layers(self, *args)
     pafu_core.native.NativeKVCaches.layers = keep
     try:
         out = core_sample(core, patched(core, start_model, budget(core, "fifo", 4.0)), positive, latent)
