@@ -95,10 +95,12 @@ def run_demo(args, policies: list[str]) -> None:
         frames01 = torch.from_numpy(to_uint8(r.frames, args.scale)).float() / 255
         heat = render_token_heatmaps(r.report, r.report.grid_hw, frames01)
         kept[label[r.policy]] = (heat.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
-    legend = {0: "token map: bright = this token is still in the cache at the end (all layers), dark = evicted"}
+    legend = {0: "kept tokens: a token in its own colours is still in the cache at the end (every layer); "
+                 "dimmed = evicted by some layers; nearly black = evicted by all"}
     write_mp4(panels(kept, events={t: legend[0] for t in range(args.frames)}),
               os.path.join(args.out, "kept_tokens.mp4"), desc="kept_tokens.mp4")
-    Image.fromarray(render_curves([r.report for r in rolls])).save(os.path.join(args.out, "curves.png"))
+    Image.fromarray(render_curves([r.report for r in rolls], timing_note="this run's machine, indicative only")).save(
+        os.path.join(args.out, "curves.png"))
 
     mode = "the model watches the world" if truth is not None else "free rollout"
     text = (f"One example video (noise seed {args.seed}, style {args.style}, {mode}): tiny world, {args.frames} latent frames "

@@ -28,34 +28,44 @@ def _to_array(fig) -> np.ndarray:
     return img
 
 
-def render_curves(reports: list[CacheReport], width: int = 900, height: int = 560) -> np.ndarray:
+def render_curves(reports: list[CacheReport], width: int = 900, height: int = 560,
+                  timing_note: str = "") -> np.ndarray:
     """[H, W, 3] uint8: K/V held (MiB) and chunk time (ms) per generated frame, one line per report;
-    dashed lines mark each budget's K/V."""
+    dashed lines mark each budget's K/V. Rollouts whose memory curves are identical (every bounded
+    policy at one budget holds the same K/V by design) share one line and one label. ``timing_note``
+    qualifies the time panel (e.g. "shared machine, indicative")."""
     plt = _pyplot()
     dpi = 100
     fig, (mem, tim) = plt.subplots(2, 1, figsize=(width / dpi, height / dpi), dpi=dpi, sharex=True)
-    budgets = {}
+    budgets, memory_lines = {}, {}
     for i, rep in enumerate(reports):
         color = f"C{i % 10}"
         ends = [c.frame_start + c.frames for c in rep.chunks]
-        mem.plot(ends, [c.kv_bytes / 2**20 for c in rep.chunks], color=color, lw=2, label=rep.policy)
+        held = tuple(c.kv_bytes for c in rep.chunks)
+        memory_lines.setdefault((tuple(ends), held), []).append((rep.policy, color))
         tim.plot(ends, [c.chunk_ms for c in rep.chunks], color=color, lw=1.5, label=rep.policy)
         sized = [c for c in rep.chunks if c.tokens_per_layer]
         if sized and rep.budget_tokens < rep.total_frames * rep.tokens_per_frame:
             per_token = sized[0].kv_bytes / sized[0].tokens_per_layer
             budgets[round(rep.budget_tokens * per_token / 2**20, 6)] = rep.budget_tokens / rep.tokens_per_frame
+    for (ends, held), owners in memory_lines.items():
+        names = [name for name, _ in owners]
+        label = names[0] if len(names) == 1 else f"{', '.join(names)} (identical by design: one budget)"
+        mem.plot(ends, [b / 2**20 for b in held], color=owners[0][1], lw=2, label=label)
     for mib, frames in budgets.items():            # one dashed line per distinct budget
         mem.axhline(mib, color="k", ls="--", lw=1, label=f"budget: {frames:g} latent frames")
     mem.set_title("K/V held by the cache")
     mem.set_ylabel("MiB")
-    tim.set_title("time per chunk (all denoising passes + the cache-writing pass)")
+    tim.set_title("time per chunk (all denoising passes + the cache-writing pass)"
+                  + (f" - {timing_note}" if timing_note else ""))
     tim.set_ylabel("ms")
     tim.set_xlabel("latent frame")
     mem.set_ylim(bottom=0)
     tim.set_ylim(bottom=0)
     for ax in (mem, tim):
         ax.grid(alpha=0.3)
-    mem.legend(fontsize=8, loc="upper left", ncol=2)
+    mem.legend(fontsize=8, loc="upper left")
+    tim.legend(fontsize=8, loc="upper left", ncol=3)
     fig.tight_layout()
     return _to_array(fig)
 
@@ -93,18 +103,22 @@ def plot_accuracy_vs_budget(rows, budgets, policies, path: str, chance: float | 
     plt.close(fig)
 
 
+#: brightness left to a token that no layer kept (a kept token keeps its own colours)
+EVICTED_BRIGHTNESS = 0.12
+
+
 def _heat(values: np.ndarray) -> np.ndarray:
-    """[...] in [0, 1] -> [..., 3] in [0, 1]: dark blue (dropped everywhere) to yellow (kept by all)."""
-    v = np.clip(values, 0, 1)[..., None]
-    low, high = np.array([0.05, 0.05, 0.35]), np.array([1.0, 0.85, 0.1])
-    return low * (1 - v) + high * v
+    """[...] in [0, 1] -> [..., 3] grey in [0, 1]: black (dropped everywhere) to white (kept by all)."""
+    return np.repeat(np.clip(values, 0, 1)[..., None], 3, axis=-1)
 
 
 def render_token_heatmaps(report: CacheReport, grid_hw: tuple[int, int], frames: torch.Tensor | None = None,
-                          scale: int = 8, alpha: float = 0.55) -> torch.Tensor:
+                          scale: int = 8) -> torch.Tensor:
     """[F, H, W, 3] float in [0, 1]: per frame, the share of layers still holding each token at the
-    end of the rollout. With ``frames`` ([F, H, W, 3] in [0, 1], ComfyUI IMAGE) the map is blended
-    over them at their resolution; otherwise each token is a ``scale`` x ``scale`` block."""
+    end of the rollout. With ``frames`` ([F, H, W, 3] in [0, 1], ComfyUI IMAGE) the map dims them at
+    their resolution: a token every layer kept shows its own colours, one none kept goes nearly black
+    (no false colour to mix with the frame's); otherwise a grey map, each token a ``scale`` x ``scale``
+    block."""
     if report.final_kept is None:
         raise ValueError("this report has no token map (it was made before the rollout finished)")
     gh, gw = grid_hw
@@ -117,7 +131,7 @@ def render_token_heatmaps(report: CacheReport, grid_hw: tuple[int, int], frames:
         # a decoded Wan video has 4 frames per latent frame (and 1 for the first): map them back
         heat = heat[torch.clamp((torch.arange(frames.shape[0]) + 3) // 4, max=heat.shape[0] - 1)]
     up = torch.nn.functional.interpolate(heat.permute(0, 3, 1, 2), size=frames.shape[1:3], mode="nearest")
-    return (1 - alpha) * frames[..., :3].float() + alpha * up.permute(0, 2, 3, 1)
+    return frames[..., :3].float() * (EVICTED_BRIGHTNESS + (1 - EVICTED_BRIGHTNESS) * up.permute(0, 2, 3, 1))
 
 
 def check_frames_match(report: CacheReport, frames: torch.Tensor) -> None:

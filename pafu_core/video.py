@@ -37,8 +37,10 @@ def panels(videos: dict[str, np.ndarray], marks: dict[str, dict[int, bool]] | No
     names = list(videos)
     f, h, w, _ = videos[names[0]].shape
     width = len(names) * (w + gap) + gap
-    out = np.full((f, label_h + h + footer_h + 2 * gap, width, 3), 255, dtype=np.uint8)
     font, small = _font(15), _font(13)
+    wrapped = {t: _wrap(text, small, width - 2 * gap) for t, text in events.items()}
+    footer_h = max([footer_h] + [18 * (1 + len(lines)) + 6 for lines in wrapped.values()])
+    out = np.full((f, label_h + h + footer_h + 2 * gap, width, 3), 255, dtype=np.uint8)
     header = Image.new("RGB", (width, label_h), WHITE)
     draw = ImageDraw.Draw(header)
     for i, name in enumerate(names):
@@ -51,8 +53,8 @@ def panels(videos: dict[str, np.ndarray], marks: dict[str, dict[int, bool]] | No
         footer = Image.new("RGB", (width, footer_h), WHITE)
         draw = ImageDraw.Draw(footer)
         draw.text((gap, 4), f"frame {t + 1}/{f}", fill=GREY, font=small)
-        if t in events:
-            draw.text((gap + 120, 4), events[t], fill=(0, 0, 0), font=small)
+        for k, line in enumerate(wrapped.get(t, ())):          # under the counter, wrapped to the width
+            draw.text((gap, 22 + 18 * k), line, fill=(0, 0, 0), font=small)
         out[t, label_h + h + 2 * gap:] = np.asarray(footer)
         for i, name in enumerate(names):
             ok = marks.get(name, {}).get(t)
@@ -65,6 +67,20 @@ def panels(videos: dict[str, np.ndarray], marks: dict[str, dict[int, bool]] | No
             out[t, y0 - 4:y0 + h + 4, x0 - 4:x0] = color
             out[t, y0 - 4:y0 + h + 4, x0 + w:x0 + w + 4] = color
     return out
+
+
+def _wrap(text: str, font, width: int) -> list[str]:
+    """Greedy word wrap of ``text`` into lines no wider than ``width`` pixels in ``font``."""
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength
+    lines, line = [], ""
+    for word in text.split():
+        trial = f"{line} {word}".strip()
+        if line and measure(trial, font=font) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = trial
+    return lines + [line] if line else lines
 
 
 def write_mp4(frames: np.ndarray, path: str, fps: int = 12, desc: str | None = None) -> None:

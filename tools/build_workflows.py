@@ -72,8 +72,8 @@ def tiny_common(frames=TINY_FRAMES):
     return nodes, [("model", "model", "shift", "model")]
 
 
-def webp(key, x, y, prefix):
-    return {"key": key, "type": "SaveAnimatedWEBP", "pos": [x, y],
+def webp(key, x, y, prefix, size=None):
+    return {"key": key, "type": "SaveAnimatedWEBP", "pos": [x, y], **({"size": size} if size else {}),
             "widgets": {"filename_prefix": prefix, "fps": 12.0, "lossless": True, "quality": 80, "method": "default"}}
 
 
@@ -187,8 +187,8 @@ def tiny_core_ar():
         budget("budget", 0, 560, "pafu"),
         {"key": "patch", "type": "PaFuKVCachePatch", "pos": [400, 0]},
         {"key": "decode", "type": "PaFuTinyWorldDecode", "pos": [1200, 0], "widgets": {"scale": 8}},
-        webp("save", 1500, 0, "pafu_tiny_core_ar"),
-        {"key": "note", "type": "MarkdownNote", "pos": [1200, 300], "size": [420, 260],
+        webp("save", 1500, 0, "pafu_tiny_core_ar", size=[340, 520]),
+        {"key": "note", "type": "MarkdownNote", "pos": [1000, 620], "size": [480, 200],
          "text": "**ComfyUI's own autoregressive sampler with a PaFu cache** (ComfyUI 0.27+): core's `UNETLoader` "
                  f"loads the tiny world's causal student (`{TINY_STUDENT}`, shipped with the pack) as a "
                  "`CausalWanModel`; **PaFu KV Cache Patch** bounds the cache of `SamplerARVideo` (3 frames per "
