@@ -5,17 +5,10 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..pafu_core.cache import KV_STORAGE, REFERENCE_FRAMES
-from ..pafu_core.policies import POLICY_NAMES
+from ..pafu_core.policies import policy_help, policy_names
 from ..pafu_core.settings import BUDGET_UNITS, DEFAULT_POLICY, CacheSettings, finite
 from ..pafu_core.wan import WAN21_1_3B
 from .types import PafuCache
-
-POLICY_HELP = ("standout (default, no head needed): keeps keys that stand out in their frame, newest first; tuned on "
-               "the tiny world, unmeasured on Wan. pafu: learned salience head (connect a head for your model to the "
-               "sampler or patch). keep_all: no eviction, memory grows with the video. fifo: sliding window. "
-               "sink_window: first frames + window. attention_mass: H2O-style accumulated attention (all-in-one "
-               "sampler only). key_norm: keeps low-norm keys. random: control.")
-
 
 class PaFuKVCacheBudget(io.ComfyNode):
     @classmethod
@@ -27,7 +20,7 @@ class PaFuKVCacheBudget(io.ComfyNode):
             description="Cache policy and budget for the PaFu AR Chunk Sampler; the text output estimates the "
                         "cache memory for Wan 2.1 1.3B at the stated resolution.",
             inputs=[
-                io.Combo.Input("policy", options=list(POLICY_NAMES), default=DEFAULT_POLICY, tooltip=POLICY_HELP),
+                io.Combo.Input("policy", options=list(policy_names()), default=DEFAULT_POLICY, tooltip=policy_help()),
                 io.Float.Input("budget", default=0.25, min=0.0, max=1e7, step=0.005,
                                tooltip="Tokens each layer keeps, in budget_unit. 0.25 fraction = 25% of "
                                        "Self-Forcing's 21-frame cache (8190 tokens at 480p)."),

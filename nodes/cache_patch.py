@@ -54,11 +54,9 @@ class PaFuKVCachePatch(io.ComfyNode):
     @classmethod
     def execute(cls, model, cache, head=None) -> io.NodeOutput:
         diffusion = causal_wan(model)
-        if cache.policy == "pafu" and head is None:
-            raise ValueError("the pafu policy needs a salience head: connect a PaFu Salience Head Loader")
+        policy = cache.build_policy(head)             # refuses a policy that needs a head without one
         if head is not None:
             head.check_backbone(diffusion)
-        policy = cache.build_policy(head)
         check_native_policy(policy)
         check_native_protocol(diffusion, needs_keys="keys" in policy.entry_features)
         node_id = cls.hidden.unique_id if cls.hidden is not None else None

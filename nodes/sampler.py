@@ -99,8 +99,7 @@ class PaFuARChunkSampler(io.ComfyNode):
         config = SamplerConfig(chunk_frames=chunk_frames, timesteps=parse_timesteps(timesteps),
                                shift=flow_shift(model), context_timestep=finite("context_timestep", context_timestep),
                                seed=seed, noise=noise_stream)
-        if cache.policy == "pafu" and head is None:
-            raise ValueError("the pafu policy needs a salience head: connect a PaFu Salience Head Loader")
+        cache.build_policy(head)                      # refuses a policy that needs a head without one
         if head is not None:
             head.check_backbone(runner)
         samples = latent["samples"]

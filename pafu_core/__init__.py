@@ -6,7 +6,7 @@ Pure PyTorch; never imports ComfyUI. See README.md for the map of modules.
 from .adapter import WanChunkRunner
 from .cache import CacheBudget, KVCache, cache_bytes_for
 from .ops import TorchOps
-from .policies import POLICY_NAMES, Policy, make_policy
+from .policies import Policy, make_policy, policy_names, register_policy
 from .report import CacheReport, ChunkStats
 from .salience import HeadConfig, SalienceHead, load_head, save_head
 from .sampler import SampleResult, SamplerConfig, sample_video
@@ -25,8 +25,8 @@ def __getattr__(name):
 
 
 __all__ = [
-    "WanChunkRunner", "CacheBudget", "KVCache", "cache_bytes_for", "TorchOps", "POLICY_NAMES",
-    "Policy", "make_policy", "CacheReport", "ChunkStats", "SampleResult", "SamplerConfig",
+    "WanChunkRunner", "CacheBudget", "KVCache", "cache_bytes_for", "TorchOps", "policy_names",
+    "register_policy", "Policy", "make_policy", "CacheReport", "ChunkStats", "SampleResult", "SamplerConfig",
     "sample_video", "WAN21_1_3B", "WanConfig", "WanDiT", "load_wan_checkpoint",
     "load_wan_state_dict", "tiny_config", "DistillConfig", "run_distillation", "HeadConfig", "SalienceHead",
     "load_head", "save_head", "CacheSettings", "SSEConfig", "sse_targets",

@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 
 from .cache import CacheBudget, KVCache
-from .policies import Policy
+from .policies import Policy, policy_entries
 from .report import CacheReport, ChunkStats
 from .sampler import device_memory_limit
 from .timing import synchronize
@@ -186,6 +186,11 @@ def wrap_init_kv_caches(model, build):
         return build(batch_size, max_seq_len, device, dtype).layers(end)
 
     return init_kv_caches
+
+
+def core_ar_policy_names() -> tuple[str, ...]:
+    """The registered policies that core's AR path can run (no attention weights there)."""
+    return tuple(e.name for e in policy_entries() if e.core_ar)
 
 
 def check_native_policy(policy: Policy) -> None:

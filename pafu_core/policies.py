@@ -11,9 +11,10 @@ tensors; none of them reads the cached K/V.
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Callable, Protocol
 
 import torch
 
@@ -223,19 +224,97 @@ class PaFuSalience(Policy):
         return "pafu (re-scoring)" if self.head.rescores else "pafu"
 
 
-POLICY_NAMES = ("keep_all", "fifo", "sink_window", "attention_mass", "key_norm", "standout", "random", "pafu")
+@dataclass(frozen=True)
+class PolicyEntry:
+    """What the pack knows of a policy, declared once: the node options, tooltips, help pages, the core-AR
+    patch's checks and the benchmarks' lists all read it."""
+
+    name: str
+    help: str                                                  # one line, for tooltips and tables
+    cls: type                                                  # its capabilities are the class's attributes
+    build: Callable[[SalienceScorer | None, int], Policy]      # (head, seed) -> a policy for one generation
+    needs_head: bool = False                                   # a learned salience head must be connected
+    control: bool = False                                      # a reference or a floor, not a user's choice
+
+    @property
+    def needs_attention(self) -> bool:
+        return self.cls.needs_attention_mass
+
+    @property
+    def bounded(self) -> bool:
+        return self.cls.bounded
+
+    @property
+    def core_ar(self) -> bool:
+        """Runs on core's AR path, which exposes keys before RoPE but no attention weights."""
+        return not self.needs_attention
+
+    @property
+    def training_free(self) -> bool:
+        """A bounded policy that needs no head: what a learned head must beat."""
+        return self.bounded and not self.needs_head
+
+
+_REGISTRY: dict[str, PolicyEntry] = {}
+
+
+def register_policy(name: str, help: str, cls: type, *, build: Callable | None = None, needs_head: bool = False,
+                    control: bool = False) -> PolicyEntry:
+    """Add a policy everywhere in one call; ``build(head, seed)`` defaults to ``cls()``."""
+    if not name.isidentifier():
+        raise ValueError(f"a policy name must be an identifier, got {name!r}")
+    entry = PolicyEntry(name, help, cls, build or (lambda head, seed: cls()), needs_head=needs_head, control=control)
+    _REGISTRY[name] = entry
+    return entry
+
+
+def policy_entries() -> list[PolicyEntry]:
+    return list(_REGISTRY.values())
+
+
+def policy_names() -> tuple[str, ...]:
+    return tuple(_REGISTRY)
+
+
+def policy_entry(name: str) -> PolicyEntry:
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown policy {name!r}; choose one of {', '.join(_REGISTRY)}")
+    return _REGISTRY[name]
 
 
 def make_policy(name: str, head: SalienceScorer | None = None, seed: int = 0) -> Policy:
-    """Build a policy by name; ``pafu`` needs a salience head."""
-    simple = {"keep_all": KeepAll, "fifo": FifoWindow, "sink_window": SinkWindow,
-              "attention_mass": AttentionMass, "key_norm": KeyNorm, "standout": Standout}
-    if name in simple:
-        return simple[name]()
-    if name == "random":
-        return RandomScores(seed=seed)
-    if name == "pafu":
-        if head is None:
-            raise ValueError("policy 'pafu' needs a salience head (load one with load_head)")
-        return PaFuSalience(head)
-    raise ValueError(f"unknown policy {name!r}; choose one of {', '.join(POLICY_NAMES)}")
+    """Build a registered policy for one generation; refuses a policy that needs a head without one."""
+    entry = policy_entry(name)
+    if entry.needs_head and head is None:
+        raise ValueError(f"the {name} policy needs a salience head: connect a PaFu Salience Head Loader "
+                         f"(or load one with load_head)")
+    return entry.build(head, seed)
+
+
+def policy_help() -> str:
+    """The registry as one paragraph (the budget node's tooltip)."""
+    return " ".join(f"{e.name}: {e.help}" for e in policy_entries())
+
+
+def policy_table() -> str:
+    """The registry as a Markdown table (help page and README, kept in step by tools/policy_docs.py)."""
+    rows = ["| policy | what it keeps | needs | core-AR patch |", "|---|---|---|---|"]
+    for e in policy_entries():
+        needs = ", ".join(n for n, on in (("a salience head", e.needs_head), ("attention weights", e.needs_attention),
+                                           ("sink_frames >= 1", e.cls.requires_sink)) if on)
+        rows.append(f"| `{e.name}` | {e.help} | {needs or '-'} | {'yes' if e.core_ar else 'no'} |")
+    return "\n".join(rows)
+
+
+register_policy("standout", "no head needed (the default): keys that stand out in their frame, newest first; "
+                "tuned on the tiny world, unmeasured on Wan", Standout)
+register_policy("pafu", "the learned salience head (PaFu-KV) for your model", PaFuSalience,
+                build=lambda head, seed: PaFuSalience(head), needs_head=True)
+register_policy("fifo", "a sliding window: the newest frames", FifoWindow)
+register_policy("sink_window", "the first frames (sinks) plus a window (StreamingLLM / LongLive)", SinkWindow)
+register_policy("attention_mass", "tokens with the most attention received so far (H2O)", AttentionMass)
+register_policy("key_norm", "keys of low L2 norm", KeyNorm)
+register_policy("keep_all", "everything: no eviction, memory grows with the video (the reference)", KeepAll,
+                control=True)
+register_policy("random", "a seeded random choice (the floor)", RandomScores,
+                build=lambda head, seed: RandomScores(seed=seed), control=True)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from .cache import KV_STORAGE, REFERENCE_FRAMES, CacheBudget, cache_bytes_for, kv_bytes_per_token
-from .policies import POLICY_NAMES, Policy, make_policy
+from .policies import Policy, make_policy, policy_entry
 
 #: the policy a user gets without choosing: it needs no head, so it runs on any model
 DEFAULT_POLICY = "standout"
@@ -33,8 +33,7 @@ class CacheSettings:
     kv_storage: str = "model"              # "model" (the model's dtype) or "int8" (per-token-per-head scales)
 
     def __post_init__(self):
-        if self.policy not in POLICY_NAMES:
-            raise ValueError(f"unknown policy {self.policy!r}; choose one of {', '.join(POLICY_NAMES)}")
+        policy_entry(self.policy)            # refuses an unknown name, listing the registered ones
         if self.budget_unit not in BUDGET_UNITS:
             raise ValueError(f"budget_unit must be one of {', '.join(BUDGET_UNITS)}, got {self.budget_unit!r}")
         if self.kv_storage not in KV_STORAGE:

@@ -1,5 +1,9 @@
 """Each scorer against what it promises; the learned-head slot receives the right features."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -256,3 +260,32 @@ def test_standout_keeps_what_stands_out_and_runs_without_a_head(runner, context)
     assert report.chunks[-1].kv_bytes > 0 and report.budget_tokens == 6 * 16
     from pafu_core.native import check_native_policy
     check_native_policy(make_policy("standout"))          # needs keys only: core's AR path takes it
+
+
+def test_registry_drives_names_help_and_the_pages_that_show_it():
+    """One registration reaches every list; the help page and README tables are generated from it."""
+    from pafu_core import policies
+    from pafu_core.native import core_ar_policy_names
+    from pafu_core.world.evaluate import HEURISTICS
+
+    assert "standout" in HEURISTICS and "pafu" not in HEURISTICS and "keep_all" not in HEURISTICS
+    assert "attention_mass" not in core_ar_policy_names() and "standout" in core_ar_policy_names()
+
+    class Newest(policies.Policy):
+        name = "newest_test"
+
+        def score(self, view):
+            return view.entering_frame_index.float()
+
+    policies.register_policy("newest_test", "the newest frames (a test policy)", Newest)
+    try:
+        assert "newest_test" in policies.policy_names() and "newest_test" in policies.policy_help()
+        assert "newest_test" in core_ar_policy_names() and "`newest_test`" in policies.policy_table()
+        assert isinstance(make_policy("newest_test"), Newest)
+    finally:
+        del policies._REGISTRY["newest_test"]
+    with pytest.raises(ValueError, match="unknown policy 'nope'; choose one of standout"):
+        make_policy("nope")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    check = subprocess.run([sys.executable, "tools/policy_docs.py", "--check"], cwd=root, capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr

@@ -18,7 +18,7 @@ import torch
 
 from ..adapter import WanChunkRunner
 from ..cache import CacheBudget
-from ..policies import Policy, make_policy
+from ..policies import Policy, make_policy, policy_entries
 from ..report import CacheReport
 from ..salience import SalienceHead, load_head
 from ..sampler import SamplerConfig, sample_video
@@ -29,8 +29,8 @@ from .metrics import change_accuracy, psnr, return_scores, schedule_accuracy, ss
 from .oracles import CausalUseOracle, FrameTape, WorldOracle
 from .scenes import DEFAULT_WORLD, render_clip, style_context
 
-#: every policy that needs no training (the best of them is what a learned head must beat)
-HEURISTICS = ("fifo", "sink_window", "attention_mass", "key_norm", "standout", "random")
+#: every bounded policy that needs no training (the best of them but random is what a learned head must beat)
+HEURISTICS = tuple(e.name for e in policy_entries() if e.training_free)
 ORACLES = ("oracle_world", "oracle_causal")
 BUDGETED = HEURISTICS + ("pafu",) + ORACLES
 #: noise seeds: the benchmark's evaluation batch, and the batch used to choose between variants;

@@ -161,3 +161,28 @@ def test_sampler_refuses_a_non_wan_model(pack):
     with pytest.raises(ValueError, match="needs a Wan 2.1 model; this MODEL is Conv2d"):
         run(nodes["PaFuARChunkSampler"], model=other, positive=positive, latent=latent, cache=cache, seed=0,
             chunk_frames=3, timesteps="1000,750,500,250", context_timestep=0.0)
+
+
+def test_a_policy_registered_in_one_call_reaches_the_budget_node_and_the_patch(pack):
+    """Adding a policy is one class and one call: the budget node offers it, the core-AR patch accepts it."""
+    _, nodes = pack
+    policies = sys.modules[PACK + ".pafu_core.policies"]
+    native = sys.modules[PACK + ".pafu_core.native"]
+
+    class OldestFirst(policies.Policy):
+        name = "oldest_first"
+
+        def score(self, view):
+            return -view.entering_frame_index.float()
+
+    policies.register_policy("oldest_first", "the oldest frames (a test policy)", OldestFirst)
+    try:
+        schema = nodes["PaFuKVCacheBudget"].define_schema()
+        combo = next(i for i in schema.inputs if i.id == "policy")
+        assert "oldest_first" in combo.options and "oldest_first" in combo.tooltip
+        assert "oldest_first" in native.core_ar_policy_names()
+        cache = run(nodes["PaFuKVCacheBudget"], policy="oldest_first", budget=6, budget_unit="latent_frames",
+                    sink_frames=0)[0]
+        native.check_native_policy(cache.build_policy())
+    finally:
+        del policies._REGISTRY["oldest_first"]
