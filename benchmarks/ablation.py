@@ -22,11 +22,12 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from pafu_core.cli import Parser, fraction_of, list_of, nonneg_float, one_of, output_dir, positive_int, run_cli  # noqa: E402,E501
 from pafu_core.distill import DistillConfig, distill  # noqa: E402
 from pafu_core.salience import load_head, save_head  # noqa: E402
 from pafu_core.world import assets  # noqa: E402
 from pafu_core.world.clips import world_clips  # noqa: E402
-from pafu_core.world.evaluate import TUNING_SEED  # noqa: E402
+from pafu_core.world.evaluate import TUNING_SEED, check_budget_fraction, world_frames  # noqa: E402
 from pafu_core.world.scenes import DEFAULT_WORLD  # noqa: E402
 
 #: the ablation's base recipe; every variant below changes one thing (``SHIPPED`` is the committed head's)
@@ -35,6 +36,8 @@ BASE = dict(student=assets.STUDENT, teacher=assets.TEACHER, contexts="tiny_world
             rescore_hidden=16, steps=600, rescore_steps=600, lr=3e-3, age_unit=float(DEFAULT_WORLD.clip_frames),
             eval_budget=0, seed=0)
 SHIPPED = "recency"
+#: the policies every head is scored beside
+QUALITY_POLICIES = ("fifo", "sink_window", "random", "oracle_world", "oracle_causal")
 #: the shipped head's fixed recency term (salience per frame of age), chosen with --recency-sweep on the tuning seed
 RECENCY = 0.05
 VARIANTS = {
@@ -63,22 +66,27 @@ def with_recency(path: str, recency: float, out_dir: str) -> str:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--variants", default=",".join(VARIANTS))
+    clip = f"{DEFAULT_WORLD.clip_frames}-frame training clip"
+    p = Parser(prog="benchmarks/ablation.py", description=__doc__)
+    p.add_argument("--variants", type=list_of(one_of(tuple(VARIANTS), "variant")), default=list(VARIANTS))
     p.add_argument("--out", default="runs/ablation")
-    p.add_argument("--videos", type=int, default=16)
-    p.add_argument("--frames", type=int, default=10 * DEFAULT_WORLD.clip_frames)
+    p.add_argument("--videos", type=positive_int, default=16)
+    p.add_argument("--frames", type=world_frames, default=10 * DEFAULT_WORLD.clip_frames)
     p.add_argument("--seed", type=int, default=TUNING_SEED, help="noise seed of the scoring batch (tuning)")
-    p.add_argument("--budgets", default="0.25,0.125")
-    p.add_argument("--recency-sweep", default="",
+    p.add_argument("--budgets", type=list_of(fraction_of(DEFAULT_WORLD.clip_frames, clip)), default=[0.25, 0.125],
+                   help=f"comma-separated fractions of the {clip}")
+    p.add_argument("--recency-sweep", type=list_of(nonneg_float), default=None,
                    help="comma-separated recency terms: score the first variant's head with each (same weights)")
     p.add_argument("--watched", action=argparse.BooleanOptionalAction, default=True,
                    help="the benchmark's setting: the model watches the world, so every head learns from world clips")
     args = p.parse_args(argv)
+    for b in args.budgets:                   # the scoring below runs sink_window: checked before any distillation
+        check_budget_fraction(b, QUALITY_POLICIES, flag="--budgets")
+    output_dir(args.out, "--out")
     os.makedirs(args.out, exist_ok=True)
     rollouts = os.path.join(args.out, "rollouts.safetensors")
     heads = {}
-    for name in args.variants.split(","):
+    for name in dict.fromkeys(args.variants):
         fields = dict(BASE, **VARIANTS[name])
         if fields.get("clips") == "world" or args.watched:
             path = os.path.join(args.out, f"world_clips_{fields['rollouts']}x{fields['rollout_frames']}.safetensors")
@@ -100,15 +108,15 @@ def main(argv=None):
         heads[name] = out
     if args.recency_sweep:
         first = next(iter(heads))
-        for value in (float(v) for v in args.recency_sweep.split(",")):
+        for value in args.recency_sweep:
             heads[f"{first}+recency{value:g}"] = with_recency(heads[first], value, args.out)
     from benchmarks import bench_quality
     bench_quality.main(["--videos", str(args.videos), "--frames", str(args.frames), "--seed", str(args.seed),
-                        "--budgets", args.budgets, "--policies", "fifo,sink_window,random,oracle_world,oracle_causal",
+                        "--budgets", ",".join(map(repr, args.budgets)), "--policies", ",".join(QUALITY_POLICIES),
                         "--heads", ",".join(f"{k}={v}" for k, v in heads.items()),
                         "--head", heads.get(SHIPPED, assets.HEAD), "--out", os.path.join(args.out, "quality"),
                         "--watched" if args.watched else "--no-watched"])
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

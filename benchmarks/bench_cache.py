@@ -29,11 +29,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.lean_reference import LeanForward  # noqa: E402
 from pafu_core.adapter import WanChunkRunner  # noqa: E402
 from pafu_core.cache import REFERENCE_FRAMES, CacheBudget  # noqa: E402
+from pafu_core.cli import (Parser, UserError, fraction_of, list_of, one_of, output_file,  # noqa: E402
+                           positive_int, run_cli, torch_device, torch_dtype)
 from pafu_core.memory import peak_memory  # noqa: E402
-from pafu_core.policies import make_policy  # noqa: E402
+from pafu_core.policies import POLICY_NAMES, make_policy  # noqa: E402
 from pafu_core.salience import HeadConfig, SalienceHead  # noqa: E402
 from pafu_core.sampler import SamplerConfig, sample_video  # noqa: E402
 from pafu_core.wan import WAN21_1_3B, WanConfig, WanDiT, init_weights_  # noqa: E402
+from pafu_core.world.evaluate import check_budget_fraction  # noqa: E402
 
 
 def build(args) -> tuple[WanChunkRunner, torch.Tensor]:
@@ -89,27 +92,40 @@ def measure(runner, context, args, policy: str, budget, frames: int, storage: st
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="float32")
+    window = f"{REFERENCE_FRAMES}-frame reference window"
+    p = Parser(prog="benchmarks/bench_cache.py", description=__doc__)
+    p.add_argument("--device", type=torch_device, default="cpu")
+    p.add_argument("--dtype", type=torch_dtype, default="float32")
     p.add_argument("--wan13b", action="store_true", help="Wan 2.1 1.3B shape at 480x832 (GPU)")
-    p.add_argument("--dim", type=int, default=256)
-    p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--latent", type=int, default=24, help="latent height = width (tiny model)")
-    p.add_argument("--lengths", default="21,42,84", help="rollout lengths in latent frames")
-    p.add_argument("--fractions", default="0.25", help="of the 21-frame window")
-    p.add_argument("--policies", default="pafu,fifo,sink_window,attention_mass")
+    p.add_argument("--dim", type=positive_int, default=256, help="model width, a multiple of 128 (heads of 128)")
+    p.add_argument("--layers", type=positive_int, default=4)
+    p.add_argument("--latent", type=positive_int, default=24, help="latent height = width (tiny model), even")
+    p.add_argument("--lengths", type=list_of(positive_int), default=[21, 42, 84],
+                   help="rollout lengths in latent frames")
+    p.add_argument("--fractions", type=list_of(fraction_of(REFERENCE_FRAMES, window)), default=[0.25],
+                   help=f"of the {window}")
+    p.add_argument("--policies", type=list_of(one_of(POLICY_NAMES[1:], "policy")),
+                   default=["pafu", "fifo", "sink_window", "attention_mass"])
     p.add_argument("--int8", action=argparse.BooleanOptionalAction, default=True, help="also fifo with 8-bit K/V")
     p.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True, help="measure peak memory")
     p.add_argument("--lean", action=argparse.BooleanOptionalAction, default=True, help="time the lean reference")
     p.add_argument("--json", default=None, help="also write the rows here")
     args = p.parse_args(argv)
+    if not args.wan13b and args.dim % 128:
+        raise UserError(f"--dim {args.dim} is not a multiple of 128 (the heads are 128 wide); use e.g. 128 or 256")
+    if not args.wan13b and args.latent % 2:
+        raise UserError(f"--latent {args.latent} is odd; the model's 2x2 patches need an even latent size")
+    if min(args.lengths) < 3:
+        raise UserError(f"--lengths {min(args.lengths)} is shorter than one chunk (3 latent frames)")
+    for frac in args.fractions:
+        check_budget_fraction(frac, args.policies + ["fifo"], flag="--fractions", clip=REFERENCE_FRAMES, chunk=3,
+                              window="reference window")
+    if args.json:
+        output_file(args.json, "--json")
     torch.manual_seed(0)
     torch.set_grad_enabled(False)
     runner, context = build(args)
-    lengths = [int(v) for v in args.lengths.split(",")]
-    fractions = [float(v) for v in args.fractions.split(",")]
-    policies = args.policies.split(",")
+    lengths, fractions, policies = args.lengths, args.fractions, args.policies
     print(f"device={args.device} dtype={args.dtype} layers={runner.num_layers} dim={runner.dim} "
           f"latent={latent_hw(args)} threads={torch.get_num_threads()} reference window={REFERENCE_FRAMES} frames")
     rollout(runner, context, args, "fifo", CacheBudget(6), 6, "model")      # warm-up
@@ -139,4 +155,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

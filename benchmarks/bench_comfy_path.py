@@ -11,7 +11,6 @@ modules: ``COMFYUI_PATH`` (or ``--comfyui``); without them it says so and exits 
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import os
@@ -25,6 +24,8 @@ sys.path.insert(0, ROOT)
 
 from pafu_core.adapter import WanChunkRunner  # noqa: E402
 from pafu_core.cache import CacheBudget  # noqa: E402
+from pafu_core.cli import (Parser, UserError, output_file, positive_float, positive_int, run_cli,  # noqa: E402
+                           torch_device, torch_dtype)
 from pafu_core.memory import peak_memory  # noqa: E402
 from pafu_core.policies import make_policy  # noqa: E402
 from pafu_core.sampler import SamplerConfig, sample_video  # noqa: E402
@@ -71,21 +72,35 @@ class _nothing:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--comfyui", default=os.environ.get("COMFYUI_PATH"))
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="float32")
+    p = Parser(prog="benchmarks/bench_comfy_path.py", description=__doc__)
+    p.add_argument("--comfyui", default=None, help="a ComfyUI checkout (default: $COMFYUI_PATH)")
+    p.add_argument("--device", type=torch_device, default="cpu")
+    p.add_argument("--dtype", type=torch_dtype, default="float32")
     p.add_argument("--wan13b", action="store_true")
-    p.add_argument("--dim", type=int, default=384)
-    p.add_argument("--layers", type=int, default=6)
-    p.add_argument("--latent", type=int, default=16)
-    p.add_argument("--frames", type=int, default=24)
-    p.add_argument("--budget", type=float, default=6, help="latent frames kept")
+    p.add_argument("--dim", type=positive_int, default=384, help="a multiple of 128 (heads of 128)")
+    p.add_argument("--layers", type=positive_int, default=6)
+    p.add_argument("--latent", type=positive_int, default=16)
+    p.add_argument("--frames", type=positive_int, default=24)
+    p.add_argument("--budget", type=positive_float, default=6, help="latent frames kept")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
-    if not args.comfyui or importlib.util.find_spec("comfy") is None and not os.path.isdir(os.path.join(args.comfyui, "comfy")):
+    flag = "--comfyui" if args.comfyui else "COMFYUI_PATH"
+    args.comfyui = args.comfyui or os.environ.get("COMFYUI_PATH")
+    if not args.comfyui:
         print("skipped: ComfyUI's modules are not available (set COMFYUI_PATH to a ComfyUI checkout)")
         return
+    if not os.path.isdir(args.comfyui):
+        raise UserError(f"{flag} {args.comfyui}: no such folder (a ComfyUI checkout)")
+    if importlib.util.find_spec("comfy") is None and not os.path.isdir(os.path.join(args.comfyui, "comfy")):
+        raise UserError(f"{flag} {args.comfyui}: not a ComfyUI checkout (it has no comfy/ folder)")
+    if not args.wan13b and args.dim % 128:
+        raise UserError(f"--dim {args.dim} is not a multiple of 128 (the heads are 128 wide)")
+    if args.budget < 3:
+        raise UserError(f"--budget {args.budget:g} latent frames is less than one chunk (3 frames); use at least 3")
+    if args.frames < 3:
+        raise UserError(f"--frames {args.frames} is shorter than one chunk (3 latent frames)")
+    if args.json:
+        output_file(args.json, "--json")
     torch.set_grad_enabled(False)
     sd_mod, ComfyOps = comfy_modules(os.path.abspath(args.comfyui))
     cfg = WAN21_1_3B if args.wan13b else WanConfig(dim=args.dim, ffn_dim=3 * args.dim, num_heads=args.dim // 128,
@@ -114,4 +129,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

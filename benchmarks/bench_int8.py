@@ -9,7 +9,6 @@ accuracies with their 95% confidence intervals, and the K/V bytes each cache hol
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -17,20 +16,26 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from pafu_core.world.evaluate import EVAL_SEED, Batch, load_world_models, mean_ci, rollouts  # noqa: E402
+from pafu_core.cli import Parser, fraction_of, one_of, positive_int, run_cli, torch_device  # noqa: E402
+from pafu_core.world.evaluate import (BUDGETED, EVAL_SEED, Batch, check_budget_fraction,  # noqa: E402
+                                      load_world_models, mean_ci, rollouts, world_frames)
 from pafu_core.world.metrics import psnr  # noqa: E402
 from pafu_core.world.scenes import DEFAULT_WORLD  # noqa: E402
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--videos", type=int, default=16)
-    p.add_argument("--frames", type=int, default=10 * DEFAULT_WORLD.clip_frames)
-    p.add_argument("--policy", default="pafu")
-    p.add_argument("--budget", type=float, default=0.25)
+    clip = f"{DEFAULT_WORLD.clip_frames}-frame training clip"
+    p = Parser(prog="benchmarks/bench_int8.py", description=__doc__)
+    p.add_argument("--videos", type=positive_int, default=16)
+    p.add_argument("--frames", type=world_frames, default=10 * DEFAULT_WORLD.clip_frames)
+    p.add_argument("--policy", type=one_of(tuple(q for q in BUDGETED if q != "oracle_causal"), "policy"),
+                   default="pafu")
+    p.add_argument("--budget", type=fraction_of(DEFAULT_WORLD.clip_frames, clip), default=0.25,
+                   help=f"fraction of the {clip}")
     p.add_argument("--seed", type=int, default=EVAL_SEED)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", type=torch_device, default="cpu")
     args = p.parse_args(argv)
+    check_budget_fraction(args.budget, [args.policy])
     torch.set_grad_enabled(False)
     student, head = load_world_models(args.device)
     batch = Batch(seed=args.seed, frames=args.frames, styles=[i % DEFAULT_WORLD.num_styles for i in range(args.videos)],
@@ -53,4 +58,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

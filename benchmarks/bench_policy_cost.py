@@ -12,7 +12,6 @@ same shape, next to a matmul of the chunk's kind to turn the chunk's FLOPs into 
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -22,6 +21,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from pafu_core.cache import CacheBudget, KVCache  # noqa: E402
+from pafu_core.cli import Parser, positive_int, run_cli, torch_device, torch_dtype  # noqa: E402
 from pafu_core.policies import PaFuSalience  # noqa: E402
 from pafu_core.salience import HeadConfig, SalienceHead  # noqa: E402
 from pafu_core.wan import WAN21_1_3B, WanDiT, param_count  # noqa: E402
@@ -56,10 +56,10 @@ def timed(fn, device, repeats=5) -> float:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="bfloat16")
-    p.add_argument("--hidden", type=int, default=32)
+    p = Parser(prog="benchmarks/bench_policy_cost.py", description=__doc__)
+    p.add_argument("--device", type=torch_device, default="cpu")
+    p.add_argument("--dtype", type=torch_dtype, default="bfloat16")
+    p.add_argument("--hidden", type=positive_int, default=32)
     args = p.parse_args(argv)
     torch.set_grad_enabled(False)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
@@ -107,4 +107,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

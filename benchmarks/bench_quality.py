@@ -24,10 +24,13 @@ from tqdm.auto import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from pafu_core.cli import (Parser, existing_file, fraction_of, list_of, one_of, output_dir,  # noqa: E402
+                           positive_int, run_cli)
 from pafu_core.plots import plot_accuracy_vs_budget  # noqa: E402
 from pafu_core.salience import load_head  # noqa: E402
 from pafu_core.world.evaluate import (BUDGETED, EVAL_SEED, HEURISTICS, ORACLES, TABLE_LEGEND, Batch,  # noqa: E402
-                                      compare_to_reference, load_world_models, mean_ci, paired, rollouts, table)
+                                      check_budget_fraction, check_policies, compare_to_reference,
+                                      load_world_models, mean_ci, paired, rollouts, table, world_frames)
 from pafu_core.world.metrics import CHANCE  # noqa: E402
 from pafu_core.world.scenes import DEFAULT_WORLD  # noqa: E402
 
@@ -65,29 +68,46 @@ def verdicts(rows, budgets, learned: list[str]) -> tuple[str, dict]:
     return "\n".join(lines), summary
 
 
+def head_spec(text: str) -> tuple[str, str]:
+    """``name=path`` of an extra head (the file must exist)."""
+    name, sep, path = text.partition("=")
+    if not sep or not name.strip() or not path.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not name=path (e.g. entry_only=runs/h.safetensors)")
+    return name.strip(), existing_file(path.strip())
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--videos", type=int, default=16)
-    p.add_argument("--frames", type=int, default=10 * DEFAULT_WORLD.clip_frames)
-    p.add_argument("--budgets", default="0.25,0.125")
-    p.add_argument("--policies", default=",".join(BUDGETED))
-    p.add_argument("--heads", default="", help="extra heads to compare, as name=path,... (run as policy pafu[name])")
-    p.add_argument("--head", default=None, help="the head that the policy 'pafu' uses (default: the committed one)")
+    clip = f"{DEFAULT_WORLD.clip_frames}-frame training clip"
+    p = Parser(prog="benchmarks/bench_quality.py", description=__doc__)
+    p.add_argument("--videos", type=positive_int, default=16)
+    p.add_argument("--frames", type=world_frames, default=10 * DEFAULT_WORLD.clip_frames)
+    p.add_argument("--budgets", type=list_of(fraction_of(DEFAULT_WORLD.clip_frames, clip)), default=[0.25, 0.125],
+                   help=f"comma-separated fractions of the {clip}")
+    p.add_argument("--policies", type=list_of(one_of(BUDGETED, "policy")), default=list(BUDGETED))
+    p.add_argument("--heads", type=list_of(head_spec), default=[],
+                   help="extra heads to compare, as name=path,... (run as policy pafu[name])")
+    p.add_argument("--head", type=existing_file, default=None,
+                   help="the head that the policy 'pafu' uses (default: the committed one)")
     p.add_argument("--seed", type=int, default=EVAL_SEED, help="noise seed of the batch (default: the evaluation seed)")
     p.add_argument("--kv-storage", default="model", choices=("model", "int8"))
     p.add_argument("--watched", action=argparse.BooleanOptionalAction, default=True,
                    help="the model watches the world: the cache holds the real frames after each prediction")
     p.add_argument("--out", default="out/bench_quality")
     args = p.parse_args(argv)
+    budgets = args.budgets
+    policies = list(dict.fromkeys(check_policies(args.policies)))
+    for b in budgets:                        # before any model work, in the flag's unit
+        check_budget_fraction(b, policies, flag="--budgets")
+    output_dir(args.out, "--out")
+    for path in [args.head] + [path for _, path in args.heads]:
+        if path:
+            load_head(path)                  # a file that is no head: one sentence, before the student loads
     torch.set_grad_enabled(False)
     os.makedirs(args.out, exist_ok=True)
-    budgets = [float(b) for b in args.budgets.split(",")]
-    policies = [q for q in args.policies.split(",") if q]
     kw = {"head_path": args.head} if args.head else {}
     student, head = load_world_models(**kw)
     heads = {"pafu": head}
-    for item in filter(None, args.heads.split(",")):
-        name, path = item.split("=", 1)
+    for name, path in args.heads:
         heads[f"pafu[{name}]"] = load_head(path)
         heads[f"pafu[{name}]"].check_backbone(student)
         policies.append(f"pafu[{name}]")
@@ -129,4 +149,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -10,7 +10,6 @@ one query tile of logits at a time (``--tile-gb``).
 
 from __future__ import annotations
 
-import argparse
 import os
 import resource
 import sys
@@ -21,6 +20,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from pafu_core.attention import query_tile_size  # noqa: E402
+from pafu_core.cli import Parser, UserError, positive_float, positive_int, run_cli, torch_device, torch_dtype  # noqa: E402,E501
 from pafu_core.teacher import sse_region_scores, token_blocks  # noqa: E402
 
 
@@ -29,16 +29,18 @@ def rss_mib() -> float:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--frames", type=int, default=21)
-    p.add_argument("--tokens-per-frame", type=int, default=1560)
-    p.add_argument("--heads", type=int, default=12)
-    p.add_argument("--head-dim", type=int, default=128)
-    p.add_argument("--block-frames", type=int, default=3)
-    p.add_argument("--tile-gb", type=float, default=1.0)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="bfloat16")
+    p = Parser(prog="benchmarks/bench_sse.py", description=__doc__)
+    p.add_argument("--frames", type=positive_int, default=21)
+    p.add_argument("--tokens-per-frame", type=positive_int, default=1560)
+    p.add_argument("--heads", type=positive_int, default=12)
+    p.add_argument("--head-dim", type=positive_int, default=128)
+    p.add_argument("--block-frames", type=positive_int, default=3)
+    p.add_argument("--tile-gb", type=positive_float, default=1.0, help="most memory one query tile of logits may take")
+    p.add_argument("--device", type=torch_device, default="cpu")
+    p.add_argument("--dtype", type=torch_dtype, default="bfloat16")
     args = p.parse_args(argv)
+    if args.block_frames > args.frames:
+        raise UserError(f"--block-frames {args.block_frames} is more than --frames {args.frames}")
     torch.set_grad_enabled(False)
     n = args.frames * args.tokens_per_frame
     dtype = getattr(torch, args.dtype)
@@ -70,4 +72,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

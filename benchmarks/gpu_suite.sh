@@ -14,8 +14,8 @@ OUTDIR="${OUT:-out/gpu_suite}"
 while [ $# -gt 0 ]; do
   case "$1" in
     --tiny) TINY=1 ;;
-    --out) OUTDIR="$2"; shift ;;
-    *) echo "unknown argument $1"; exit 2 ;;
+    --out) [ $# -ge 2 ] || { echo "error: --out needs a folder" >&2; exit 2; }; OUTDIR="$2"; shift ;;
+    *) echo "error: unknown argument $1 (use --tiny, --out FOLDER)" >&2; exit 2 ;;
   esac
   shift
 done

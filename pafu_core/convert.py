@@ -12,13 +12,13 @@ The ``.pt`` is read with ``weights_only=True``: no pickled code runs.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 
 import torch
 from safetensors.torch import save_file
 
+from .cli import Parser, output_file, run_cli
 from .wan import check_wan_state_dict, read_state_dict, strip_checkpoint_prefixes
 
 DTYPES = {"keep": None, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -44,20 +44,17 @@ def convert(src: str, dst: str, dtype: str = "keep") -> dict:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(prog="python -m pafu_core.convert", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog="python -m pafu_core.convert", description=__doc__)
     p.add_argument("src", help="a Self-Forcing / CausVid / Causal Forcing checkpoint (.pt or .safetensors)")
     p.add_argument("dst", help="the .safetensors file to write")
     p.add_argument("--dtype", choices=list(DTYPES), default="keep", help="cast floating-point weights")
     args = p.parse_args(argv)
-    try:
-        info = convert(args.src, args.dst, args.dtype)
-    except (ValueError, FileNotFoundError) as e:
-        raise SystemExit(f"error: {e}") from None
+    output_file(args.dst, "dst")
+    info = convert(args.src, args.dst, args.dtype)          # a refused file: one sentence, exit status 2
     cfg = info["config"]
     print(f"wrote {args.dst}: Wan 2.1, {cfg['num_layers']} layers, dim {cfg['dim']}, {info['tensors']} tensors, "
           f"{info['bytes'] / 2**30:.2f} GiB, marked causal-AR for ComfyUI's UNETLoader")
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

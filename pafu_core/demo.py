@@ -18,7 +18,6 @@ colours they last had, red if not), ``side_by_side_return.png`` (one such moment
 
 from __future__ import annotations
 
-import argparse
 import os
 
 import numpy as np
@@ -26,9 +25,11 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from .cli import Parser, UserError, fraction_of, list_of, one_of, output_dir, positive_int, run_cli
 from .plots import render_curves, render_token_heatmaps
 from .video import panels, to_uint8, write_mp4
-from .world.evaluate import BUDGETED, TABLE_LEGEND, Batch, compare_to_reference, load_world_models, rollouts, table
+from .world.evaluate import (BUDGETED, TABLE_LEGEND, Batch, check_budget_fraction, check_policies,
+                             compare_to_reference, load_world_models, rollouts, table, world_frames)
 from .world.metrics import returns, watched_returns
 from .world.scenes import DEFAULT_WORLD, STYLE_NAMES
 
@@ -36,22 +37,26 @@ DEFAULT_POLICIES = ("fifo", "sink_window", "pafu")
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--frames", type=int, default=10 * DEFAULT_WORLD.clip_frames, help="latent frames to generate")
-    p.add_argument("--budget", type=float, default=0.25, help="fraction of the training clip's frames")
+    p = Parser(prog="python -m pafu_core.demo", description=__doc__)
+    p.add_argument("--frames", type=world_frames, default=10 * DEFAULT_WORLD.clip_frames,
+                   help=f"latent frames to generate (at least {2 * DEFAULT_WORLD.period}: two periods of the world)")
+    p.add_argument("--budget", type=fraction_of(DEFAULT_WORLD.clip_frames,
+                                                f"{DEFAULT_WORLD.clip_frames}-frame training clip"),
+                   default=0.25, help=f"fraction of the training clip's {DEFAULT_WORLD.clip_frames} frames")
     p.add_argument("--seed", type=int, default=1, help="noise seed of the example video")
     p.add_argument("--style", choices=STYLE_NAMES, default="blue")
-    p.add_argument("--policies", default=",".join(DEFAULT_POLICIES),
+    p.add_argument("--policies", type=list_of(one_of(BUDGETED, "policy")), default=list(DEFAULT_POLICIES),
                    help=f"budgeted policies to compare with keep-all (any of {', '.join(BUDGETED)})")
     p.add_argument("--out", default="out/demo")
-    p.add_argument("--scale", type=int, default=12, help="nearest-neighbour upscale of the 16x16 frames")
+    p.add_argument("--scale", type=positive_int, default=12, help="nearest-neighbour upscale of the 16x16 frames")
     p.add_argument("--free", action="store_true", help="free rollouts: the cache holds the model's own frames")
     args = p.parse_args(argv)
+    policies = ["keep_all"] + list(dict.fromkeys(check_policies(args.policies)))
+    check_budget_fraction(args.budget, policies[1:])           # before any rollout, in the flag's unit
+    if args.scale > 64:
+        raise UserError(f"--scale {args.scale} is too large (frames of {16 * args.scale} pixels); use at most 64")
+    output_dir(args.out, "--out")
     os.makedirs(args.out, exist_ok=True)
-    policies = ["keep_all"] + [q for q in args.policies.split(",") if q]
-    unknown = [q for q in policies[1:] if q not in BUDGETED]
-    if unknown:
-        raise SystemExit(f"unknown policies: {unknown}; choose from {', '.join(BUDGETED)}")
 
     with torch.no_grad():              # local: leaves the caller's grad mode alone
         run_demo(args, policies)
@@ -115,4 +120,4 @@ def run_demo(args, policies: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

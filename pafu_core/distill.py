@@ -31,6 +31,7 @@ from einops import rearrange
 from tqdm.auto import tqdm
 
 from .adapter import WanChunkRunner
+from .cli import Parser, UserError, output_file, run_cli
 from .cache import CacheBudget
 from .policies import KeyNorm, PaFuSalience, Policy, make_policy
 from .salience import HeadConfig, SalienceHead, save_head
@@ -507,6 +508,7 @@ def _train(head: SalienceHead, examples: list[Example], cfg: DistillConfig, rank
 
 def distill(cfg: DistillConfig) -> tuple[SalienceHead, dict]:
     """Run the whole pipeline; returns the trained head and its metrics (rank 0 writes the file)."""
+    check_inputs(cfg)                       # before any model is loaded
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     if world > 1 and not torch.distributed.is_initialized():
@@ -608,9 +610,32 @@ def format_metrics(metrics: dict) -> str:
 
 # ---- CLI -----------------------------------------------------------------------------------------
 
+def _convert(flag: str, elem, text: str):
+    try:
+        return elem(text)
+    except ValueError:
+        raise UserError(f"{flag}: {text!r} is not {'a whole number' if elem is int else 'a number'}") from None
+
+
+def read_config_file(path: str) -> dict:
+    """The fields of a ``--config`` JSON file; a missing or malformed file is one sentence."""
+    if not os.path.isfile(path):
+        raise UserError(f"--config {path}: " + ("not a file" if os.path.exists(path) else "no such file"))
+    try:
+        with open(path) as fh:
+            values = json.load(fh)
+    except UnicodeDecodeError:
+        raise UserError(f"--config {path}: not a JSON text file") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"--config {path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+    if not isinstance(values, dict):
+        raise UserError(f"--config {path}: must hold a JSON object of DistillConfig fields, "
+                        f"not a {type(values).__name__}")
+    return values
+
+
 def _parse(argv) -> DistillConfig:
-    p = argparse.ArgumentParser(prog="python -m pafu_core.distill", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog="python -m pafu_core.distill", description=__doc__)
     p.add_argument("--config", help="JSON file with DistillConfig fields; flags override it")
     for f in dataclasses.fields(DistillConfig):
         if f.name == "extra":
@@ -627,8 +652,12 @@ def _parse(argv) -> DistillConfig:
     args = p.parse_args(argv)
     values: dict = {}
     if args.config:
-        with open(args.config) as fh:
-            values.update(json.load(fh))
+        values.update(read_config_file(args.config))
+    known = {f.name for f in dataclasses.fields(DistillConfig)}
+    unknown = set(values) - known
+    if unknown:
+        raise UserError(f"--config {args.config}: unknown field{'s' if len(unknown) > 1 else ''} "
+                        f"{', '.join(sorted(unknown))} (see --help for the fields)")
     for f in dataclasses.fields(DistillConfig):
         v = getattr(args, f.name, None)
         if v is None:
@@ -636,16 +665,30 @@ def _parse(argv) -> DistillConfig:
         default = f.default if f.default is not dataclasses.MISSING else None
         if isinstance(default, tuple):
             elem = type(default[0]) if default else str
-            v = tuple(elem(x.strip()) for x in str(v).split(",") if x.strip())
+            flag = "--" + f.name.replace("_", "-")
+            v = tuple(_convert(flag, elem, x.strip()) for x in str(v).split(",") if x.strip())
         values[f.name] = v
-    known = {f.name for f in dataclasses.fields(DistillConfig)}
-    unknown = set(values) - known
-    if unknown:
-        raise SystemExit(f"unknown config fields: {sorted(unknown)}")
     for k, v in list(values.items()):
         if isinstance(v, list):
             values[k] = tuple(v)
     return DistillConfig(**values)
+
+
+def check_inputs(cfg: DistillConfig) -> None:
+    """What can be checked before any model is loaded: the files named, the counts, the dtype."""
+    for flag, path in (("--student", cfg.student), ("--teacher", cfg.teacher), ("--clips", cfg.clips),
+                       ("--contexts", None if cfg.contexts in ("random", "tiny_world") else cfg.contexts)):
+        if path and not os.path.isfile(path):
+            also = " (or 'random' / 'tiny_world')" if flag == "--contexts" else ""
+            raise UserError(f"{flag} {path}: no such file{also}")
+    if not cfg.clips and cfg.rollouts <= cfg.heldout:
+        raise UserError(f"rollouts ({cfg.rollouts}) must exceed heldout ({cfg.heldout})")
+    if not isinstance(getattr(torch, cfg.dtype, None), torch.dtype):
+        raise UserError(f"--dtype {cfg.dtype!r} is not a torch dtype (float32, bfloat16, float16)")
+    if not (cfg.tiny_random or cfg.random_wan13b or cfg.student):
+        raise UserError("give --student (a Wan 2.1 AR checkpoint) or --tiny-random")
+    if cfg.out:
+        output_file(cfg.out, "--out")
 
 
 def main(argv=None) -> None:
@@ -659,4 +702,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -58,6 +58,30 @@ def looks_like_pickle(start: bytes, size: int) -> bool:
     return start[:1] == b"\x80" or start[:2] == b"PK"
 
 
+def sniff(path: str | os.PathLike) -> str:
+    """What a file's first bytes say it is: ``"safetensors"`` (a fitting header length, then ``{``),
+    ``"torch"`` (a zip signature ``PK\\x03\\x04``, or a pickle protocol 2..5 opcode: what torch.save writes),
+    or else a short description of what it is instead ("a text file", "an empty file", ...)."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as fh:
+        start = fh.read(512)
+    if not start:
+        return "an empty file"
+    if len(start) >= 9 and start[8:9] == b"{" and 2 <= int.from_bytes(start[:8], "little") <= size - 8:
+        return "safetensors"
+    if start[:4] == b"PK\x03\x04" or (start[:1] == b"\x80" and len(start) > 1 and 2 <= start[1] <= 5):
+        return "torch"
+    if start[:2] == b"PK":
+        return "a zip file that torch.save did not write"
+    try:
+        text = start.decode("utf-8")
+    except UnicodeDecodeError as e:      # a multi-byte character cut at the end of the 512 bytes is still text
+        text = start[:e.start].decode("utf-8") if e.start >= len(start) - 3 and e.start > 0 else None
+    if text is not None and all(c.isprintable() or c in "\n\r\t\f" for c in text):
+        return "a text file"
+    return "its first bytes are neither a zip, a pickle nor a safetensors header"
+
+
 def read_header(path: str | os.PathLike, what: str = "file", max_header_bytes: int = 100_000_000) -> Header:
     """Parse and validate a safetensors header; reads at most ``max_header_bytes`` + 8 bytes."""
     path = os.fspath(path)
@@ -81,6 +105,8 @@ def read_header(path: str | os.PathLike, what: str = "file", max_header_bytes: i
             fail(f"the file is only {size} bytes, too short to be a safetensors file")
         n = int.from_bytes(start[:8], "little")
         if n < 2 or n > size - 8:
+            if sniff(path) == "a text file":
+                fail("not a safetensors file: it is a text file")
             fail("not a safetensors file, or a truncated one (its header length does not fit the file)")
         if n > max_header_bytes:
             fail(f"its header claims {n} bytes, more than a {what} can need ({max_header_bytes})")

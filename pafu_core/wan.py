@@ -226,19 +226,29 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a checkpoint file: safetensors (header checked first), or a torch file loaded with
     ``weights_only=True`` (never unpickles code). Every refusal names the file and the defect."""
     import pickle
+    import warnings
     import zipfile
 
-    from .safefile import FileFormatError, load_tensors, read_header
+    from .safefile import FileFormatError, load_tensors, read_header, sniff
     path = os.fspath(path)
     name = os.path.basename(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    if path.endswith((".safetensors", ".sft")):
-        return load_tensors(read_header(path, what="checkpoint"))
     if os.path.getsize(path) == 0:
         raise FileFormatError(f"checkpoint {name}: the file is empty")
+    kind = sniff(path)
+    if kind == "safetensors" or path.endswith((".safetensors", ".sft")):     # a pickle is refused there
+        sd = load_tensors(read_header(path, what="checkpoint"))
+        if not sd:
+            raise FileFormatError(f"checkpoint {name}: a safetensors file that holds no tensors, so no weights")
+        return sd
+    if kind != "torch":
+        raise FileFormatError(f"checkpoint {name}: not a checkpoint ({kind}); give a torch .pt / .pth file "
+                              "(zip or pickle) or a .safetensors file")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():     # a pickle protocol torch.save does not write: refused below, in one line
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         raise FileFormatError(f"checkpoint {name}: it holds Python objects besides tensors, which are not loaded "
                               "(they could run code); re-save it as a plain state dict or safetensors") from None

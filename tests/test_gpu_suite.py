@@ -2,6 +2,7 @@
 
 import os
 import subprocess
+import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PARTS = ("items 1-4", "item 4: 8-bit", "item 5", "item 6", "item 7")
@@ -9,7 +10,8 @@ PARTS = ("items 1-4", "item 4: 8-bit", "item 5", "item 6", "item 7")
 
 def test_gpu_suite_runs_every_part_at_a_tiny_shape(tmp_path):
     proc = subprocess.run(["bash", "benchmarks/gpu_suite.sh", "--tiny", "--out", str(tmp_path)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=900, env=dict(os.environ, OMP_NUM_THREADS="2"))
+                          capture_output=True, text=True, timeout=900,
+                          env=dict(os.environ, OMP_NUM_THREADS="2", PYTHON=sys.executable))    # not whatever python is on PATH
     assert proc.returncode == 0, proc.stdout + proc.stderr
     results = (tmp_path / "gpu_suite_results.md").read_text()
     for part in PARTS:

@@ -39,6 +39,51 @@ BUDGETED = HEURISTICS + ("pafu",) + ORACLES
 EVAL_SEED, TUNING_SEED = 9000, 5000
 
 
+def check_budget_fraction(value: float, policies, flag: str = "--budget", clip: int = DEFAULT_WORLD.clip_frames,
+                          chunk: int = SamplerConfig().chunk_frames, window: str = "clip") -> None:
+    """Refuse, in the flag's own unit (a fraction of a ``clip``-frame window), a budget that cannot hold one
+    chunk (plus sink_window's sink frame when that policy is asked for): before any rollout runs."""
+    from ..cli import UserError
+    sink = "sink_window" in policies
+    needed = chunk + (1 if sink else 0)
+
+    def least(frames):                      # three decimals, rounded up: always enough
+        return f"{math.ceil(frames / clip * 1000 - 1e-9) / 1000:g}"
+    if value * clip < chunk - 1e-9:
+        raise UserError(f"{flag} {value:g} keeps less than one chunk ({chunk} latent frames = {chunk / clip:.3f} of "
+                        f"the {clip}-frame {window}); use at least "
+                        + (f"{least(needed)} (sink_window keeps a sink frame besides the chunk)" if sink
+                           else least(chunk)))
+    if value * clip < needed - 1e-9:
+        raise UserError(f"{flag} {value:g} leaves sink_window no room for its sink frame beside one chunk "
+                        f"({needed} latent frames = {needed / clip:.3f} of the {clip}-frame {window}); use at least "
+                        f"{least(needed)}, or leave sink_window out")
+
+
+def world_frames(text: str) -> int:
+    """``type=`` for a rollout length: at least two periods of the world, so the objects return at least once."""
+    import argparse
+
+    from ..cli import positive_int
+    value = positive_int(text)
+    least = 2 * DEFAULT_WORLD.period
+    if value < least:
+        raise argparse.ArgumentTypeError(
+            f"{value} latent frames are fewer than two periods of the world ({least} frames): the objects "
+            f"return every {DEFAULT_WORLD.period} frames, so use at least {least}")
+    return value
+
+
+def check_policies(names, flag: str = "--policies", allowed=BUDGETED) -> list[str]:
+    """Budgeted policy names, each one known; refuses an unknown one naming the choices."""
+    from ..cli import UserError
+    unknown = [q for q in names if q not in allowed]
+    if unknown:
+        raise UserError(f"{flag}: unknown polic{'ies' if len(unknown) > 1 else 'y'} {', '.join(unknown)}; "
+                        f"choose from {', '.join(allowed)}")
+    return list(names)
+
+
 def load_world_models(device: str = "cpu", head_path: str = assets.HEAD) -> tuple[WanChunkRunner, SalienceHead]:
     """The committed student and head; refuses a head that does not fit the student."""
     student = WanChunkRunner(load_wan_checkpoint(assets.STUDENT).to(device).eval().requires_grad_(False))

@@ -23,7 +23,6 @@ small tolerance across devices. A lent GPU only makes it faster (``--device cuda
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -34,6 +33,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..adapter import WanChunkRunner
+from ..cli import Parser, existing_file, nonneg_int, output_file, positive_float, positive_int, run_cli, torch_device
 from ..sampler import SamplerConfig, warp_timesteps
 from ..wan import WanConfig, WanDiT, init_weights_, load_wan_checkpoint
 from .codec import encode_frames
@@ -223,22 +223,25 @@ def train(kind: str, steps: int, batch: int, lr: float, seed: int, device: str, 
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog="python -m pafu_core.world.train", description=__doc__)
     p.add_argument("kind", choices=("teacher", "student"))
-    p.add_argument("--steps", type=int, default=1500)
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--steps", type=positive_int, default=1500)
+    p.add_argument("--batch", type=positive_int, default=8)
+    p.add_argument("--lr", type=positive_float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--init", help="checkpoint to start from (the student starts from the teacher)")
-    p.add_argument("--own-context", type=int, default=0,
+    p.add_argument("--device", type=torch_device, default="cpu")
+    p.add_argument("--init", type=existing_file, help="checkpoint to start from (the student starts from the teacher)")
+    p.add_argument("--own-context", type=nonneg_int, default=0,
                    help="every N-th student step conditions on the model's own chunk estimates (0: never)")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
+    output_file(args.out, "--out")
+    if args.init:                   # a wrong file is refused before any training step
+        load_wan_checkpoint(args.init)
     meta = train(args.kind, args.steps, args.batch, args.lr, args.seed, args.device, args.out, args.init,
                  own_context=args.own_context)
     print(json.dumps(meta, indent=1))
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)
