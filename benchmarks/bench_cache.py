@@ -32,7 +32,7 @@ from pafu_core.cache import REFERENCE_FRAMES, CacheBudget  # noqa: E402
 from pafu_core.cli import (Parser, UserError, fraction_of, list_of, one_of, output_file,  # noqa: E402
                            positive_int, run_cli, torch_device, torch_dtype)
 from pafu_core.memory import peak_memory  # noqa: E402
-from pafu_core.policies import POLICY_NAMES, make_policy  # noqa: E402
+from pafu_core.policies import make_policy, policy_entries  # noqa: E402
 from pafu_core.salience import HeadConfig, SalienceHead  # noqa: E402
 from pafu_core.sampler import SamplerConfig, sample_video  # noqa: E402
 from pafu_core.wan import WAN21_1_3B, WanConfig, WanDiT, init_weights_  # noqa: E402
@@ -104,7 +104,7 @@ def main(argv=None):
                    help="rollout lengths in latent frames")
     p.add_argument("--fractions", type=list_of(fraction_of(REFERENCE_FRAMES, window)), default=[0.25],
                    help=f"of the {window}")
-    p.add_argument("--policies", type=list_of(one_of(POLICY_NAMES[1:], "policy")),
+    p.add_argument("--policies", type=list_of(one_of(tuple(e.name for e in policy_entries() if e.bounded), "policy")),
                    default=["pafu", "fifo", "sink_window", "attention_mass"])
     p.add_argument("--int8", action=argparse.BooleanOptionalAction, default=True, help="also fifo with 8-bit K/V")
     p.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True, help="measure peak memory")
