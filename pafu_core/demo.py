@@ -33,7 +33,7 @@ from .world.evaluate import (BUDGETED, TABLE_LEGEND, Batch, check_budget_fractio
 from .world.metrics import returns, watched_returns
 from .world.scenes import DEFAULT_WORLD, STYLE_NAMES
 
-DEFAULT_POLICIES = ("fifo", "sink_window", "pafu")
+DEFAULT_POLICIES = ("fifo", "sink_window", "standout", "pafu")
 
 
 def main(argv=None) -> None:

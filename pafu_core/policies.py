@@ -102,14 +102,17 @@ class KeyNorm(Policy):
 class Standout(Policy):
     """Training-free and content-aware: keeps the keys that stand out in their own frame, newest first.
 
-    Each entering token scores by how far its key (pre-RoPE, after the key norm) lies from the mean
-    key of its frame, averaged over heads and min-max normalised per layer and chunk to [0, 1]; a
-    recency term adds ``recency`` for every budget window of frame index, so its meaning is the same
-    at any budget and clip length (a token one window older must stand out ``recency`` more to stay).
-    It needs only keys: no head, no attention weights, so it runs on core's AR path too."""
+    Each entering token scores by how far its key (pre-RoPE, after the key norm) lies from the mean key
+    of its frame, averaged over heads and divided by the largest such spread the layer has produced so
+    far in this generation (causal, so scores lie in [0, 1] and a chunk with nothing in it does not get
+    a full scale of its own); a recency term adds ``recency`` for every budget window of frame index,
+    so it means the same at any budget and clip length. It needs only keys: no head, no attention
+    weights, so it runs on core's AR path too. One object serves one generation (it keeps the running
+    maxima), which is how the settings build it."""
 
-    #: salience per budget window of recency; chosen on the tiny world's tuning seed (README, sweep)
+    #: salience per budget window of recency; chosen on the tiny world's tuning seed (README, the sweep)
     recency: float = 0.2
+    _largest: dict = field(default_factory=dict, repr=False)
     name = "standout"
     entry_features = frozenset({"keys"})
     state_channels = ("entry",)
@@ -123,8 +126,11 @@ class Standout(Policy):
         frames = keys.to(torch.float32).view(b, s // tokens_per_frame, tokens_per_frame, h, d)
         spread = torch.linalg.vector_norm(frames - frames.mean(dim=2, keepdim=True), dim=-1).mean(dim=-1)
         spread = spread.flatten(1)                                                # [B, S]
-        low, high = spread.aminmax(dim=1, keepdim=True)
-        return (spread - low) / (high - low).clamp_min(1e-12)
+        largest = spread.amax(dim=1, keepdim=True)
+        if layer in self._largest:
+            largest = torch.maximum(largest, self._largest[layer])
+        self._largest[layer] = largest
+        return spread / largest.clamp_min(1e-12)
 
     def score(self, view) -> torch.Tensor:
         window = max(1.0, view.cache.budget_tokens / view.tokens_per_frame)

@@ -225,19 +225,23 @@ def test_newer_at_place_channel_equals_brute_force():
 
 
 def test_standout_scores_distance_from_the_frame_mean_and_recency_per_window():
-    """Brute force: per token, the mean over heads of |k - mean key of its frame|, min-max normalised over
-    the chunk; the recency adds ``recency`` per budget window of frame index (same at any budget)."""
+    """Brute force: per token, the mean over heads of |k - mean key of its frame|, divided by the largest
+    spread the layer has shown so far (a causal running maximum per batch row); the recency adds
+    ``recency`` per budget window of frame index (the same at any budget)."""
     from pafu_core.policies import Standout
     gen = torch.Generator().manual_seed(3)
-    keys = torch.randn(2, 3 * 4, 2, 5, generator=gen)        # 3 frames of 4 tokens, 2 heads
-    got = Standout().entry_scores(0, keys, keys, None, 4)
-    want = torch.empty(2, 12)
-    for b in range(2):
-        for f in range(3):
-            frame = keys[b, 4 * f:4 * f + 4]
-            want[b, 4 * f:4 * f + 4] = (frame - frame.mean(0)).norm(dim=-1).mean(-1)
-        want[b] = (want[b] - want[b].min()) / (want[b].max() - want[b].min())
-    assert torch.allclose(got, want, atol=1e-6)
+    chunks = [torch.randn(2, 3 * 4, 2, 5, generator=gen) * scale for scale in (1.0, 3.0, 0.5)]  # 3 frames of 4
+    policy, largest = Standout(), torch.zeros(2)
+    for keys in chunks:
+        got = policy.entry_scores(0, keys, keys, None, 4)
+        spread = torch.empty(2, 12)
+        for b in range(2):
+            for f in range(3):
+                frame = keys[b, 4 * f:4 * f + 4]
+                spread[b, 4 * f:4 * f + 4] = (frame - frame.mean(0)).norm(dim=-1).mean(-1)
+        largest = torch.maximum(largest, spread.amax(dim=1))
+        assert torch.allclose(got, spread / largest[:, None], atol=1e-6)
+    assert got.max() < 0.5            # a quiet chunk after a loud one is not stretched to the full scale
     with pytest.raises(ValueError, match="recency"):
         Standout(recency=float("nan"))
 
