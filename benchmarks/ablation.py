@@ -23,15 +23,16 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from pafu_core.cli import Parser, fraction_of, list_of, nonneg_float, one_of, output_dir, positive_int, run_cli  # noqa: E402,E501
-from pafu_core.distill import DistillConfig, distill  # noqa: E402
+from pafu_lab.distill import DistillConfig, distill  # noqa: E402
 from pafu_core.salience import load_head, save_head  # noqa: E402
 from pafu_core.world import assets  # noqa: E402
-from pafu_core.world.clips import world_clips  # noqa: E402
-from pafu_core.world.evaluate import TUNING_SEED, check_budget_fraction, world_frames  # noqa: E402
+from pafu_lab.assets import TEACHER  # noqa: E402
+from pafu_lab.world.clips import world_clips  # noqa: E402
+from pafu_lab.world.evaluate import TUNING_SEED, check_budget_fraction, world_frames  # noqa: E402
 from pafu_core.world.scenes import DEFAULT_WORLD  # noqa: E402
 
 #: the ablation's base recipe; every variant below changes one thing (``SHIPPED`` is the committed head's)
-BASE = dict(student=assets.STUDENT, teacher=assets.TEACHER, contexts="tiny_world", rollouts=28, heldout=4,
+BASE = dict(student=assets.STUDENT, teacher=TEACHER, contexts="tiny_world", rollouts=28, heldout=4,
             rollout_frames=72, chunk_frames=3, targets="future_student", rescore=True, hidden=32,
             rescore_hidden=16, steps=600, rescore_steps=600, lr=3e-3, age_unit=float(DEFAULT_WORLD.clip_frames),
             eval_budget=0, seed=0)

@@ -31,12 +31,12 @@ from pafu_core.adapter import WanChunkRunner  # noqa: E402
 from pafu_core.cache import REFERENCE_FRAMES, CacheBudget  # noqa: E402
 from pafu_core.cli import (Parser, UserError, fraction_of, list_of, one_of, output_file,  # noqa: E402
                            positive_int, run_cli, torch_device, torch_dtype)
-from pafu_core.memory import peak_memory  # noqa: E402
+from pafu_lab.memory import peak_memory  # noqa: E402
 from pafu_core.policies import make_policy, policy_entries  # noqa: E402
 from pafu_core.salience import HeadConfig, SalienceHead  # noqa: E402
 from pafu_core.sampler import SamplerConfig, sample_video  # noqa: E402
 from pafu_core.wan import WAN21_1_3B, WanConfig, WanDiT, init_weights_  # noqa: E402
-from pafu_core.world.evaluate import check_budget_fraction  # noqa: E402
+from pafu_lab.world.evaluate import check_budget_fraction  # noqa: E402
 
 
 def build(args) -> tuple[WanChunkRunner, torch.Tensor]:

@@ -17,9 +17,9 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from pafu_core.cli import Parser, fraction_of, one_of, positive_int, run_cli, torch_device  # noqa: E402
-from pafu_core.world.evaluate import (BUDGETED, EVAL_SEED, Batch, check_budget_fraction,  # noqa: E402
+from pafu_lab.world.evaluate import (BUDGETED, EVAL_SEED, Batch, check_budget_fraction,  # noqa: E402
                                       load_world_models, mean_ci, rollouts, world_frames)
-from pafu_core.world.metrics import psnr  # noqa: E402
+from pafu_lab.world.metrics import psnr  # noqa: E402
 from pafu_core.world.scenes import DEFAULT_WORLD  # noqa: E402
 
 

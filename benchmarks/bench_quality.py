@@ -26,12 +26,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from pafu_core.cli import (Parser, existing_file, fraction_of, list_of, one_of, output_dir,  # noqa: E402
                            positive_int, run_cli)
-from pafu_core.plots import plot_accuracy_vs_budget  # noqa: E402
+from pafu_lab.charts import plot_accuracy_vs_budget  # noqa: E402
 from pafu_core.salience import load_head  # noqa: E402
-from pafu_core.world.evaluate import (BUDGETED, EVAL_SEED, HEURISTICS, ORACLES, TABLE_LEGEND, Batch,  # noqa: E402
+from pafu_lab.world.evaluate import (BUDGETED, EVAL_SEED, HEURISTICS, ORACLES, TABLE_LEGEND, Batch,  # noqa: E402
                                       check_budget_fraction, check_policies, compare_to_reference,
                                       load_world_models, mean_ci, paired, rollouts, table, world_frames)
-from pafu_core.world.metrics import CHANCE  # noqa: E402
+from pafu_lab.world.metrics import CHANCE  # noqa: E402
 from pafu_core.world.scenes import DEFAULT_WORLD  # noqa: E402
 
 

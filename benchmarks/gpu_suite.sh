@@ -73,7 +73,7 @@ else
   section "item 6: ComfyUI path vs core path"; echo "skipped: COMFYUI_PATH is not set (ComfyUI's modules are not on this machine)" >> "$RESULTS"; endsection
 fi
 # item 7: distillation at the Wan shape, peak memory and time per clip
-run "item 7: distillation (python -m pafu_core.distill)" \
-  $PY -m pafu_core.distill "${DISTILL[@]}" --targets future_student --rescore --steps 5 --rescore-steps 5 \
+run "item 7: distillation (python -m pafu_lab.distill)" \
+  $PY -m pafu_lab.distill "${DISTILL[@]}" --targets future_student --rescore --steps 5 --rescore-steps 5 \
   --device "$DEVICE" --dtype "$DTYPE" --eval-budget 0 --out "$OUTDIR/suite_head.safetensors"
 echo "gpu_suite: done in $(( $(date +%s) - start )) s; results in $RESULTS"

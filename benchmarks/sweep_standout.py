@@ -5,9 +5,11 @@
 
 The recency is salience per budget window of frame index (``policies.Standout``). For every value the
 script rolls the tiny world out under ``standout`` at each budget (the model watching the world, the
-tuning seed: never the evaluation seed) and prints the primary score. It picks the value with the best
-mean over budgets and checks the plateau rule: every swept value from half to twice the chosen one scores
-within 0.03 of the best, at every budget. Writes ``--out``: sweep.md and sweep.png (score vs recency).
+tuning seed: never the evaluation seed) and prints the primary score. It picks the value whose worst
+score over its neighbourhood (the swept values from half to twice it, every budget) is highest: a value
+that a small change of rhythm or budget cannot push off a cliff. Then it checks the plateau rule: every
+value of that neighbourhood scores within 0.03 of the chosen one, at every budget. Writes ``--out``:
+sweep.md and sweep.png (score vs recency).
 """
 
 from __future__ import annotations
@@ -22,46 +24,30 @@ from tqdm.auto import tqdm
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from pafu_core.policies import Standout  # noqa: E402
-from pafu_core.world.evaluate import TUNING_SEED, Batch, load_world_models, mean_std, rollouts  # noqa: E402
+from pafu_lab.charts import plot_sweep  # noqa: E402
+from pafu_lab.world.evaluate import TUNING_SEED, Batch, load_world_models, mean_std, rollouts  # noqa: E402
 from pafu_core.world.scenes import DEFAULT_WORLD  # noqa: E402
 
 PLATEAU_TOLERANCE = 0.03
 
 
-def plateau(values: list[float], scores: dict[float, list[float]], best: float) -> tuple[bool, str]:
-    """Does every swept value in [best / 2, 2 * best] score within PLATEAU_TOLERANCE of the best, at every
-    budget (``scores[v]``: one score per budget)? With best = 0 the neighbourhood is the next value up."""
-    near = [v for v in values if best / 2 <= v <= 2 * best] if best > 0 else [v for v in values[:2]]
-    tops = [max(scores[v][i] for v in values) for i in range(len(scores[best]))]
-    worst = min(scores[v][i] - tops[i] for v in near for i in range(len(tops)))
-    return worst >= -PLATEAU_TOLERANCE, (f"values {', '.join(f'{v:g}' for v in near)} lie within {-worst:.3f} of the "
-                                         f"best score at every budget (rule: {PLATEAU_TOLERANCE})")
+def neighbourhood(values: list[float], v: float) -> list[float]:
+    """The swept values from half to twice ``v`` (for 0: 0 and the next value up)."""
+    return [u for u in values if v / 2 <= u <= 2 * v] if v > 0 else values[:2]
 
 
-def plot_sweep(values: list[float], lines: dict[str, list[float]], best: float, xlabel: str, path: str) -> None:
-    """Score against the swept value (log x, 0 drawn at the left edge), the chosen value and its
-    plateau band [best / 2, 2 * best] marked."""
-    import matplotlib
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-    low = min(v for v in values if v > 0) / 2
-    xs = [v if v > 0 else low for v in values]
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
-    for i, (name, ys) in enumerate(lines.items()):
-        ax.plot(xs, ys, marker="o", color=f"C{i}", label=f"budget {name}")
-    if best > 0:
-        ax.axvspan(best / 2, 2 * best, color="0.9", label="half to twice the chosen value")
-    ax.axvline(best if best > 0 else low, color="k", ls="--", lw=0.8, label=f"chosen {best:g}")
-    ax.set_xscale("log")
-    ax.set_xticks(xs, [f"{v:g}" for v in values])
-    ax.set_xlabel(xlabel + " (0 at the left edge)")
-    ax.set_ylabel("score (right - invented, per object)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title("Tuning seed: the chosen value must sit on a plateau")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+def robust_choice(values: list[float], scores: dict[float, list[float]]) -> float:
+    """The value whose worst score over its neighbourhood and every budget is highest."""
+    return max(values, key=lambda v: min(min(scores[u]) for u in neighbourhood(values, v)))
+
+
+def plateau(values: list[float], scores: dict[float, list[float]], chosen: float) -> tuple[bool, str]:
+    """Does every value of the chosen one's neighbourhood score within PLATEAU_TOLERANCE of it, at every
+    budget (``scores[v]``: one score per budget)?"""
+    near = neighbourhood(values, chosen)
+    gap = max(scores[chosen][i] - scores[v][i] for v in near for i in range(len(scores[chosen])))
+    return gap <= PLATEAU_TOLERANCE, (f"the values {', '.join(f'{v:g}' for v in near)} score at most {gap:.3f} "
+                                      f"below the chosen one at any budget (rule: {PLATEAU_TOLERANCE})")
 
 
 def main(argv=None):
@@ -94,11 +80,14 @@ def main(argv=None):
         scores[v] = row
         lines.append(f"| {v:g} | " + " | ".join(f"{s:.3f}" for s in row) + " |")
     bar.close()
-    best = max(values, key=lambda v: sum(scores[v]))
+    best = robust_choice(values, scores)
+    peak = max(values, key=lambda v: sum(scores[v]))
     ok, why = plateau(values, scores, best)
     text = (f"standout recency sweep: tiny world watched, {args.frames} frames, {args.videos} videos (seed {args.seed}), "
-            f"primary score per budget\n\n" + "\n".join(lines) + f"\n\nbest: {best:g} per window (mean over budgets "
-            f"{sum(scores[best]) / len(budgets):.3f}); plateau {'holds' if ok else 'FAILS'}: {why}")
+            f"primary score per budget\n\n" + "\n".join(lines) + f"\n\nchosen: {best:g} per window (the best worst "
+            f"score over half to twice the value: {min(min(scores[u]) for u in neighbourhood(values, best)):.3f}; its "
+            f"mean over budgets {sum(scores[best]) / len(budgets):.3f}); the best mean is {peak:g} "
+            f"({sum(scores[peak]) / len(budgets):.3f}); plateau {'holds' if ok else 'FAILS'}: {why}")
     print(text)
     with open(os.path.join(args.out, "sweep.md"), "w") as fh:
         fh.write(text + "\n")

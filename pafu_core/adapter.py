@@ -20,8 +20,7 @@ import torch.nn as nn
 from einops import rearrange
 
 from .attention import attention_with_key_mass
-from .ops import TorchOps
-from .wan import sinusoidal_embedding
+from .ops import TorchOps, sinusoidal_embedding
 
 _REQUIRED = ("patch_embedding", "text_embedding", "time_embedding", "time_projection", "blocks", "head")
 

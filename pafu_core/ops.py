@@ -84,3 +84,12 @@ class TorchOps:
     def apply_rope(self, x: torch.Tensor, freqs) -> torch.Tensor:
         cos, sin = freqs
         return apply_rope(x, cos, sin)
+
+
+def sinusoidal_embedding(dim: int, position: torch.Tensor) -> torch.Tensor:
+    """Wan's timestep embedding: [cos, sin] of position x 10000^(-i/half), in float32."""
+    half = dim // 2
+    position = position.to(torch.float32)
+    freqs = torch.pow(10000.0, -torch.arange(half, device=position.device, dtype=torch.float32) / half)
+    angles = torch.outer(position, freqs)
+    return torch.cat([torch.cos(angles), torch.sin(angles)], dim=1)

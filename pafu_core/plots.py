@@ -1,7 +1,7 @@
 """Pictures of rollouts: charts drawn with matplotlib (Agg, no display), token maps as images.
 
 ``render_curves``: cache memory and chunk time against the frame index, one line per rollout, the
-budget marked. ``plot_accuracy_vs_budget``: the benchmark's quality chart. ``render_token_heatmaps``:
+budget marked (the report node and the demo). ``render_token_heatmaps``:
 for every frame, which of its tokens the cache still holds at the end (share of layers), optionally
 blended over the decoded frames.
 """
@@ -68,39 +68,6 @@ def render_curves(reports: list[CacheReport], width: int = 900, height: int = 56
     tim.legend(fontsize=8, loc="upper left", ncol=3)
     fig.tight_layout()
     return _to_array(fig)
-
-
-def plot_accuracy_vs_budget(rows, budgets, policies, path: str, chance: float | None = None) -> None:
-    """Mean primary return score with its 95% CI against the budget, one line per policy (keep-all: a band)."""
-    from .world.evaluate import mean_ci
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
-    xs = sorted(budgets)
-    for i, pol in enumerate(policies):
-        if pol == "keep_all":
-            vals = [r.accuracy for r in rows if r.policy == pol]
-            if vals:
-                m, lo, hi = mean_ci(vals)
-                ax.axhspan(lo, hi, color="0.85", label=f"keep_all (unbounded) {m:.2f}")
-            continue
-        stats = [mean_ci([r.accuracy for r in rows if r.policy == pol and r.budget == b]) for b in xs]
-        m = np.array([s[0] for s in stats])
-        err = np.array([[s[0] - s[1] for s in stats], [s[2] - s[0] for s in stats]])
-        style = dict(ls=":", marker="s") if pol.startswith("oracle") else dict(ls="-", marker="o")
-        ax.errorbar([100 * x for x in xs], m, yerr=err, capsize=3, lw=2 if pol.startswith("pafu") else 1.2,
-                    color=f"C{i % 10}", label=pol, **style)
-    if chance is not None:
-        ax.axhline(chance, color="k", ls="--", lw=0.8, label=f"chance ({chance:.2f})")
-    ax.set_xlabel("budget (% of the 36-frame training clip)")
-    ax.set_ylabel("score: right - invented objects, per object (world truth)")
-    ax.set_ylim(min(0.0, min((r.accuracy for r in rows), default=0.0) - 0.02), 1.02)
-    ax.set_xticks([100 * x for x in xs])
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, ncol=2)
-    ax.set_title("Objects back as last seen, 360-frame videos (mean, 95% CI)")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
 
 
 #: brightness left to a token that no layer kept (a kept token keeps its own colours)

@@ -113,15 +113,6 @@ def tiny_config(dim: int = 128, num_layers: int = 2, ffn_dim: int | None = None)
                      num_layers=num_layers)
 
 
-def sinusoidal_embedding(dim: int, position: torch.Tensor) -> torch.Tensor:
-    """Wan's timestep embedding: [cos, sin] of position x 10000^(-i/half), in float32."""
-    half = dim // 2
-    position = position.to(torch.float32)
-    freqs = torch.pow(10000.0, -torch.arange(half, device=position.device, dtype=torch.float32) / half)
-    angles = torch.outer(position, freqs)
-    return torch.cat([torch.cos(angles), torch.sin(angles)], dim=1)
-
-
 class WanSelfAttention(nn.Module):
     def __init__(self, dim: int, num_heads: int, eps: float):
         super().__init__()

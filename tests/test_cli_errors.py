@@ -39,33 +39,33 @@ def one_sentence(proc, *needles, absent=()) -> str:
 # ---- the reported mistakes ----------------------------------------------------------------------
 
 def test_demo_budget_above_one_is_refused_as_a_fraction(tmp_path):
-    one_sentence(run("-m", "pafu_core.demo", "--budget", "25", "--out", str(tmp_path)),
+    one_sentence(run("-m", "pafu_lab.demo", "--budget", "25", "--out", str(tmp_path)),
                  "--budget", "25", "fraction", "36-frame")
     assert not os.listdir(tmp_path)                       # nothing was started
 
 
 def test_demo_budget_below_one_chunk_names_the_flags_unit(tmp_path):
-    line = one_sentence(run("-m", "pafu_core.demo", "--budget", "0.01", "--policies", "fifo,pafu",
+    line = one_sentence(run("-m", "pafu_lab.demo", "--budget", "0.01", "--policies", "fifo,pafu",
                             "--out", str(tmp_path)),
                         "--budget 0.01", "less than one chunk", "0.083 of the 36-frame clip", "at least 0.084",
                         absent=("tokens",))
     assert "rollouts" not in line
     # with sink_window (the default policies) the floor includes its sink frame
-    one_sentence(run("-m", "pafu_core.demo", "--budget", "0.1", "--out", str(tmp_path)),
+    one_sentence(run("-m", "pafu_lab.demo", "--budget", "0.1", "--out", str(tmp_path)),
                  "--budget 0.1", "sink_window", "at least 0.112")
 
 
 def test_demo_frames_must_hold_a_return():
-    one_sentence(run("-m", "pafu_core.demo", "--frames", "20"), "--frames", "20", "at least 30")
+    one_sentence(run("-m", "pafu_lab.demo", "--frames", "20"), "--frames", "20", "at least 30")
 
 
 def test_distill_config_typo():
-    one_sentence(run("-m", "pafu_core.distill", "--config", "configs/no_such_config.json"),
+    one_sentence(run("-m", "pafu_lab.distill", "--config", "configs/no_such_config.json"),
                  "--config configs/no_such_config.json", "no such file")
 
 
 def test_distill_config_that_is_not_json():
-    one_sentence(run("-m", "pafu_core.distill", "--config", README), "--config", "not valid JSON")
+    one_sentence(run("-m", "pafu_lab.distill", "--config", README), "--config", "not valid JSON")
 
 
 def test_bench_quality_head_that_is_not_a_head():
@@ -118,7 +118,7 @@ def test_debug_shows_the_traceback(tmp_path):
     proc = run("-m", "pafu_core.convert", README, str(tmp_path / "out.safetensors"), "--debug")
     assert proc.returncode != 0 and proc.returncode != 2, proc.returncode
     assert "Traceback" in proc.stderr and "FileFormatError" in proc.stderr, proc.stderr[-2000:]
-    proc = run("-m", "pafu_core.demo", "--budget", "0.01", "--debug")
+    proc = run("-m", "pafu_lab.demo", "--budget", "0.01", "--debug")
     assert proc.returncode not in (0, 2) and "Traceback" in proc.stderr and "UserError" in proc.stderr, proc.stderr
 
 
@@ -131,15 +131,15 @@ def test_convert_missing_source(tmp_path):
 
 def test_world_train_missing_and_wrong_init(tmp_path):
     out = str(tmp_path / "m.safetensors")
-    one_sentence(run("-m", "pafu_core.world.train", "student", "--out", out, "--init", str(tmp_path / "nope.pt")),
+    one_sentence(run("-m", "pafu_lab.world.train", "student", "--out", out, "--init", str(tmp_path / "nope.pt")),
                  "--init", "no such file")
-    one_sentence(run("-m", "pafu_core.world.train", "student", "--out", out, "--init", README),
+    one_sentence(run("-m", "pafu_lab.world.train", "student", "--out", out, "--init", README),
                  "README.md", "not a checkpoint")
     assert not os.path.exists(out)
 
 
 def test_demo_out_is_a_file():
-    one_sentence(run("-m", "pafu_core.demo", "--out", README), "--out", "is a file, not a folder")
+    one_sentence(run("-m", "pafu_lab.demo", "--out", README), "--out", "is a file, not a folder")
 
 
 def test_ablation_unknown_variant_and_out_is_a_file():

@@ -2,12 +2,12 @@
 
 import os
 
-from pafu_core import demo
+from pafu_lab import demo
 from pafu_core.adapter import WanChunkRunner
-from pafu_core.video import read_mp4
+from pafu_lab.video import read_mp4
 from pafu_core.wan import WanDiT, init_weights_
-from pafu_core.world.evaluate import Batch, load_world_models, rollouts
-from pafu_core.world.train import TINY_WAN
+from pafu_lab.world.evaluate import Batch, load_world_models, rollouts
+from pafu_lab.world.train import TINY_WAN
 
 
 def test_trained_student_watching_the_world_brings_the_objects_back():

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from pafu_core.distill import (DistillConfig, Example, _parse, distill, newer_by_frame, rescore_inputs, spearman,
+from pafu_lab.distill import (DistillConfig, Example, _parse, distill, newer_by_frame, rescore_inputs, spearman,
                                topk_recall)
 from pafu_core.salience import load_head
 
@@ -94,7 +94,7 @@ def test_cli_reads_config_file_and_flags(tmp_path):
 def test_torchrun_ddp_with_two_gloo_processes(tmp_path):
     out = tmp_path / "ddp_head.safetensors"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-           "-m", "pafu_core.distill", "--tiny-random", "--rollouts", "7", "--heldout", "3",
+           "-m", "pafu_lab.distill", "--tiny-random", "--rollouts", "7", "--heldout", "3",
            "--rollout-frames", "9", "--steps", "20", "--rescore", "--rescore-steps", "10", "--targets", "future_student",
            "--eval-budget", "0", "--out", str(out)]
     env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
@@ -112,7 +112,7 @@ def test_features_of_a_token_subset_stream_to_the_cpu_and_train_both_stages(tmp_
     head, m = distill(DistillConfig(**SMALL, targets="future_student", rescore=True, feature_tokens=60, steps=60,
                                     rescore_steps=30, eval_budget=0, out=""))
     assert head.rescores and m["pafu_head"]["spearman"] == m["pafu_head"]["spearman"]      # finite
-    from pafu_core.distill import build_examples, load_models, rollout_clips
+    from pafu_lab.distill import build_examples, load_models, rollout_clips
     cfg = DistillConfig(**SMALL, targets="future_student", feature_tokens=60)
     student, teacher = load_models(cfg)
     ex = build_examples(student, teacher, rollout_clips(student, cfg, [0], False), cfg, head, "t", False)[0]

@@ -8,7 +8,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_core_imports_no_comfyui_module():
-    code = ("import sys, pafu_core, pafu_core.distill, pafu_core.demo, pafu_core.world.train, pafu_core.world.evaluate;"
+    code = ("import sys, pafu_core, pafu_lab.distill, pafu_lab.demo, pafu_lab.world.train, pafu_lab.world.evaluate;"
             "bad = [m for m in sys.modules if m.split('.')[0] in ('comfy', 'comfy_api', 'folder_paths', 'server', "
             "'nodes', 'latent_preview')]; print(bad); sys.exit(1 if bad else 0)")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -33,7 +33,7 @@ def test_entry_point_loads_as_a_plain_module_too():
 
 
 def test_example_wan_config_parses_into_a_distillation_config():
-    from pafu_core.distill import _parse
+    from pafu_lab.distill import _parse
     cfg = _parse(["--config", os.path.join(ROOT, "configs", "distill_wan21_1.3b.json")])
     assert cfg.targets == "future_student" and cfg.sse_source == "student" and cfg.rescore
     assert cfg.latent_size == (60, 104) and cfg.feature_tokens > 0 and cfg.device == "cuda"
@@ -53,3 +53,76 @@ def test_registry_metadata_and_requirements_agree():
     icon = meta["tool"]["comfy"]["Icon"]
     assert icon.startswith("data:image/png;base64,")
     assert Image.open(io.BytesIO(base64.b64decode(icon.split(",", 1)[1]))).size == (64, 64)
+
+
+RESEARCH = ("distill", "teacher", "demo", "video", "memory", "charts", "train", "evaluate", "oracles", "clips",
+            "metrics")
+
+
+def import_graph() -> dict[str, set[str]]:
+    """module -> the project modules it imports (anywhere in the file: lazy imports count), from the source."""
+    import ast
+    graph = {}
+    for pkg in ("pafu_core", "pafu_lab", "nodes"):
+        for folder, _, files in os.walk(os.path.join(ROOT, pkg)):
+            for name in files:
+                if not name.endswith(".py"):
+                    continue
+                rel = os.path.relpath(os.path.join(folder, name), ROOT)[:-3].replace(os.sep, ".")
+                module = rel.removesuffix(".__init__")
+                package = module if name == "__init__.py" else module.rpartition(".")[0]
+                deps = set()
+                for node in ast.walk(ast.parse(open(os.path.join(folder, name)).read())):
+                    targets = []
+                    if isinstance(node, ast.ImportFrom):
+                        base = node.module or ""
+                        if node.level:
+                            parent = package.split(".")[:len(package.split(".")) - node.level + 1]
+                            base = ".".join(parent + ([base] if base else []))
+                        targets = [base] + [f"{base}.{a.name}" for a in node.names]
+                    elif isinstance(node, ast.Import):
+                        targets = [a.name for a in node.names]
+                    deps |= {t for t in targets if t.split(".")[0] in ("pafu_core", "pafu_lab", "nodes")}
+                graph[module] = deps
+    return {m: {d for d in deps if d in graph and d != m} for m, deps in graph.items()}
+
+
+def test_no_two_modules_import_each_other_directly_or_in_a_circle():
+    graph = import_graph()
+    state, stack = {}, []
+
+    def visit(m):
+        state[m] = "open"
+        stack.append(m)
+        for d in sorted(graph[m]):
+            if d.startswith(m + ".") or m.startswith(d + "."):
+                continue                                   # a package and its own submodules
+            if state.get(d) == "open":
+                raise AssertionError(" -> ".join(stack[stack.index(d):] + [d]))
+            if d not in state:
+                visit(d)
+        stack.pop()
+        state[m] = "done"
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m)
+
+
+def test_runtime_never_reaches_the_research():
+    """The nodes' import closure (and pafu_core's) holds no training, distillation, evaluation, oracle, demo
+    or benchmark-chart module: those live in pafu_lab, which imports the runtime, never the reverse."""
+    graph = import_graph()
+    seen, todo = set(), [m for m in graph if m.split(".")[0] in ("nodes", "pafu_core")]
+    while todo:
+        m = todo.pop()
+        if m not in seen:
+            seen.add(m)
+            todo += graph[m]
+    assert not [m for m in seen if m.startswith("pafu_lab")], sorted(m for m in seen if m.startswith("pafu_lab"))
+    assert not [m for m in seen if m.rpartition(".")[2] in RESEARCH], sorted(seen)
+    code = ("import sys, pkgutil, importlib, pafu_core; "
+            "[importlib.import_module(m.name) for m in pkgutil.walk_packages(pafu_core.__path__, 'pafu_core.')]; "
+            "bad = [m for m in sys.modules if m.startswith('pafu_lab')]; print(bad); sys.exit(1 if bad else 0)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr

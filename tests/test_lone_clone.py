@@ -30,7 +30,7 @@ def test_a_lone_clone_runs_the_demo_and_its_tests(tmp_path):
                                                             "COMFYUI_OLDEST_SITE", "PAFU_VENDOR", "PAFU_ARTIFACTS")}
     env.update(PAFU_NESTED="1", PYTHONDONTWRITEBYTECODE="1")
     t0 = time.perf_counter()
-    demo = subprocess.run([sys.executable, "-m", "pafu_core.demo", "--frames", str(DEMO_FRAMES)], cwd=clone,
+    demo = subprocess.run([sys.executable, "-m", "pafu_lab.demo", "--frames", str(DEMO_FRAMES)], cwd=clone,
                           env=env, capture_output=True, text=True, timeout=600)
     seconds = time.perf_counter() - t0
     line = f"[lone clone] the README's demo, shortened to {DEMO_FRAMES} latent frames, ran in {seconds:.0f} s"

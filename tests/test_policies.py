@@ -270,7 +270,7 @@ def test_registry_drives_names_help_and_the_pages_that_show_it():
     """One registration reaches every list; the help page and README tables are generated from it."""
     from pafu_core import policies
     from pafu_core.native import core_ar_policy_names
-    from pafu_core.world.evaluate import HEURISTICS
+    from pafu_lab.world.evaluate import HEURISTICS
 
     assert "standout" in HEURISTICS and "pafu" not in HEURISTICS and "keep_all" not in HEURISTICS
     assert "attention_mass" not in core_ar_policy_names() and "standout" in core_ar_policy_names()

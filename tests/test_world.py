@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from pafu_core.world.codec import decode_frames, encode_frames
-from pafu_core.world.metrics import (CHANCE, appearances, change_accuracy, object_mask, cell_colors, psnr,
+from pafu_lab.world.metrics import (CHANCE, appearances, change_accuracy, object_mask, cell_colors, psnr,
                                      return_accuracy, return_scores, schedule_accuracy, ssim, watched_return_scores,
                                      watched_returns)
 from pafu_core.world.scenes import DEFAULT_WORLD, OBJECT_COLORS, render_clip, style_context, visible_schedule
@@ -100,7 +100,7 @@ def test_training_runs_and_marks_the_student_causal_ar(tmp_path):
 
     from safetensors import safe_open
 
-    from pafu_core.world.train import train
+    from pafu_lab.world.train import train
     teacher, student = str(tmp_path / "t.safetensors"), str(tmp_path / "s.safetensors")
     meta = train("teacher", steps=2, batch=1, lr=1e-3, seed=0, device="cpu", out=teacher, log_every=1)
     assert meta["final_loss"] == meta["final_loss"]           # finite
@@ -114,7 +114,7 @@ def test_training_runs_and_marks_the_student_causal_ar(tmp_path):
 def test_world_oracle_keeps_the_latest_appearance_of_the_objects_then_the_newest_tokens():
     from types import SimpleNamespace
 
-    from pafu_core.world.oracles import FrameTape, WorldOracle
+    from pafu_lab.world.oracles import FrameTape, WorldOracle
     clip = render_clip(5, 60, style=1)
     latents = encode_frames(clip.frames).unsqueeze(0)
     tape = FrameTape(1, 60, 16)

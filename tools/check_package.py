@@ -21,7 +21,7 @@ REQUIRED = ["__init__.py", "pyproject.toml", "requirements.txt", "README.md", "L
             "pafu_core/world/assets/heads/pafu_tiny_world.safetensors",
             "workflows/pafu_tiny_world_long_video.json", "workflows/pafu_tiny_world_long_video.jpg",
             "workflows/pafu_tiny_world_core_ar.json", "workflows/pafu_tiny_world_core_ar.jpg"]
-FORBIDDEN_PREFIXES = ("tests/", "benchmarks/", "tools/", ".ci/", "runs/", "artifacts/")
+FORBIDDEN_PREFIXES = ("tests/", "benchmarks/", "tools/", ".ci/", "runs/", "artifacts/", "pafu_lab/")
 
 
 def comfy(*args: str, cwd: str) -> str:
@@ -46,7 +46,7 @@ def main() -> None:
     leaked = sorted(n for n in names if n.startswith(FORBIDDEN_PREFIXES))
     if missing or leaked:
         raise SystemExit(f"registry zip: missing {missing}, should not contain {leaked}")
-    print(f"registry zip: {len(names)} files, {size / 2**20:.1f} MiB, no tests/benchmarks/tools")
+    print(f"registry zip: {len(names)} files, {size / 2**20:.1f} MiB, no tests/benchmarks/tools/research")
 
 
 if __name__ == "__main__":

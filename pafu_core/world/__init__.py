@@ -1,8 +1,9 @@
 """The tiny procedural video world: the embedded default that needs no download.
 
-``scenes`` renders ground-truth clips, ``codec`` maps RGB frames to 16-channel Wan-shaped latents and
-back, ``metrics`` scores long-range consistency exactly, ``train`` trains the bidirectional teacher
-and the causal student, ``assets`` locates the committed weights.
+Runtime half (what the tiny-world nodes need): ``scenes`` renders ground-truth clips and their
+conditioning, ``codec`` maps RGB frames to 16-channel Wan-shaped latents and back, ``assets`` locates
+the shipped student and head. Training, evaluation, truth metrics and oracles are research:
+``pafu_lab.world``.
 """
 
 from .codec import decode_frames, encode_frames

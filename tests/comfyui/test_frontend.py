@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pafu_core.world.metrics import watched_return_accuracy
+from pafu_lab.world.metrics import watched_return_accuracy
 from pafu_core.world.scenes import STYLE_NAMES, render_clip
 
 from .conftest import ci_line

@@ -186,3 +186,12 @@ def test_a_policy_registered_in_one_call_reaches_the_budget_node_and_the_patch(p
         native.check_native_policy(cache.build_policy())
     finally:
         del policies._REGISTRY["oldest_first"]
+
+
+def test_the_pack_as_comfyui_imports_it_loads_no_research(pack):
+    """What ComfyUI imports (the entry point and every node) holds no training, evaluation, demo or oracle
+    code: none of pafu_lab, no research module under the pack."""
+    research = ("distill", "teacher", "demo", "evaluate", "oracles", "train", "metrics", "charts")
+    loaded = [m for m in sys.modules if m.startswith("pafu_lab") or
+              (m.startswith(PACK + ".") and m.rpartition(".")[2] in research)]
+    assert not loaded, loaded

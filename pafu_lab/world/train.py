@@ -1,7 +1,7 @@
 """Train the tiny world's models: a bidirectional teacher, then a causal few-step student.
 
-    python -m pafu_core.world.train teacher --steps 1500 --out runs/teacher.safetensors
-    python -m pafu_core.world.train student --init runs/teacher.safetensors --steps 3000 \
+    python -m pafu_lab.world.train teacher --steps 1500 --out runs/teacher.safetensors
+    python -m pafu_lab.world.train student --init runs/teacher.safetensors --steps 3000 \
         --out runs/student.safetensors
 
 Both use the same Wan 2.1 code as everything else (a tiny ComfyUI-loadable config: head_dim 128,
@@ -32,12 +32,12 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..adapter import WanChunkRunner
-from ..cli import Parser, existing_file, nonneg_int, output_file, positive_float, positive_int, run_cli, torch_device
-from ..sampler import SamplerConfig, warp_timesteps
-from ..wan import WanConfig, WanDiT, init_weights_, load_wan_checkpoint
-from .codec import encode_frames
-from .scenes import DEFAULT_WORLD, WorldConfig, render_clip, style_context
+from pafu_core.adapter import WanChunkRunner
+from pafu_core.cli import Parser, existing_file, nonneg_int, output_file, positive_float, positive_int, run_cli, torch_device
+from pafu_core.sampler import SamplerConfig, warp_timesteps
+from pafu_core.wan import WanConfig, WanDiT, init_weights_, load_wan_checkpoint
+from pafu_core.world.codec import encode_frames
+from pafu_core.world.scenes import DEFAULT_WORLD, WorldConfig, render_clip, style_context
 
 TINY_WAN = WanConfig(dim=128, ffn_dim=384, num_heads=1, num_layers=4)
 MAX_OFFSET = 10 * DEFAULT_WORLD.clip_frames        # demo length: 10x the training clip
@@ -66,7 +66,7 @@ OBJECT_WEIGHT = 8.0
 
 def object_weights(lat: torch.Tensor) -> torch.Tensor:
     """[B, 1, F, h, w] loss weights over latents: OBJECT_WEIGHT where the clean frame shows an object."""
-    from .codec import decode_frames
+    from pafu_core.world.codec import decode_frames
     from .metrics import cell_colors, object_mask
     b, _, f, h, w = lat.shape
     frames = decode_frames(lat.detach().cpu()).flatten(0, 1)                   # [B*F, 3, 2h, 2w]
@@ -223,7 +223,7 @@ def train(kind: str, steps: int, batch: int, lr: float, seed: int, device: str, 
 
 
 def main(argv=None) -> None:
-    p = Parser(prog="python -m pafu_core.world.train", description=__doc__)
+    p = Parser(prog="python -m pafu_lab.world.train", description=__doc__)
     p.add_argument("kind", choices=("teacher", "student"))
     p.add_argument("--steps", type=positive_int, default=1500)
     p.add_argument("--batch", type=positive_int, default=8)

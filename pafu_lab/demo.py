@@ -1,7 +1,7 @@
 """README main job: one long tiny-world video under every policy at the same budget, side by side.
 
-    python -m pafu_core.demo                      # 360 latent frames (10x the training clip), 25% budget
-    python -m pafu_core.demo --frames 72 --out /tmp/pafu-demo
+    python -m pafu_lab.demo                      # 360 latent frames (10x the training clip), 25% budget
+    python -m pafu_lab.demo --frames 72 --out /tmp/pafu-demo
 
 The model *watches* the world: it predicts each chunk from its cache, then the cache takes the
 world's real chunk (``--free`` lets it roll out on its own frames instead). What must be remembered
@@ -25,19 +25,20 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .cli import Parser, UserError, fraction_of, list_of, one_of, output_dir, positive_int, run_cli
-from .plots import render_curves, render_token_heatmaps
+from pafu_core.cli import Parser, UserError, fraction_of, list_of, one_of, output_dir, positive_int, run_cli
+from pafu_core.plots import render_curves, render_token_heatmaps
+from pafu_core.world.scenes import DEFAULT_WORLD, STYLE_NAMES
+
 from .video import panels, to_uint8, write_mp4
 from .world.evaluate import (BUDGETED, TABLE_LEGEND, Batch, check_budget_fraction, check_policies,
                              compare_to_reference, load_world_models, rollouts, table, world_frames)
 from .world.metrics import returns, watched_returns
-from .world.scenes import DEFAULT_WORLD, STYLE_NAMES
 
 DEFAULT_POLICIES = ("fifo", "sink_window", "standout", "pafu")
 
 
 def main(argv=None) -> None:
-    p = Parser(prog="python -m pafu_core.demo", description=__doc__)
+    p = Parser(prog="python -m pafu_lab.demo", description=__doc__)
     p.add_argument("--frames", type=world_frames, default=10 * DEFAULT_WORLD.clip_frames,
                    help=f"latent frames to generate (at least {2 * DEFAULT_WORLD.period}: two periods of the world)")
     p.add_argument("--budget", type=fraction_of(DEFAULT_WORLD.clip_frames,

@@ -1,10 +1,10 @@
 """Write tiny-world clips for the distillation tool: ground-truth clips and the scene contexts.
 
-    python -m pafu_core.world.clips --out runs/world_clips.safetensors --clips 48
+    python -m pafu_lab.world.clips --out runs/world_clips.safetensors --clips 48
 
 ``latents`` [N, 16, F, 8, 8] are the world's own clips (phase 0: each starts with a scene), so the
 teacher sees what the world really does; ``context`` [N, L, 4096] their style embeddings.
-``python -m pafu_core.distill --clips ...`` reads this file.
+``python -m pafu_lab.distill --clips ...`` reads this file.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import argparse
 import torch
 from safetensors.torch import save_file
 
-from .codec import encode_frames
-from .scenes import DEFAULT_WORLD, render_clip, style_context
+from pafu_core.world.codec import encode_frames
+from pafu_core.world.scenes import DEFAULT_WORLD, render_clip, style_context
 
 
 def world_clips(n: int, frames: int, seed: int = 2024) -> tuple[torch.Tensor, torch.Tensor]:

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import torch
 
-from ..policies import Policy
+from pafu_core.policies import Policy
+from pafu_core.world.codec import decode_frames
+
 from ..teacher import SSEConfig, attention_use
-from .codec import decode_frames
 from .metrics import cell_colors, object_mask
 
 #: a priority outranks any recency difference (frame indices stay far below it)

@@ -16,18 +16,19 @@ from functools import cached_property
 
 import torch
 
-from ..adapter import WanChunkRunner
-from ..cache import CacheBudget
-from ..policies import Policy, make_policy, policy_entries
-from ..report import CacheReport
-from ..salience import SalienceHead, load_head
-from ..sampler import SamplerConfig, sample_video
-from ..wan import load_wan_checkpoint
-from . import assets
-from .codec import decode_frames, encode_frames
+from pafu_core.adapter import WanChunkRunner
+from pafu_core.cache import CacheBudget
+from pafu_core.policies import Policy, make_policy, policy_entries
+from pafu_core.report import CacheReport
+from pafu_core.salience import SalienceHead, load_head
+from pafu_core.sampler import SamplerConfig, sample_video
+from pafu_core.wan import load_wan_checkpoint
+from pafu_core.world import assets
+from pafu_core.world.codec import decode_frames, encode_frames
+from pafu_core.world.scenes import DEFAULT_WORLD, render_clip, style_context
+
 from .metrics import change_accuracy, psnr, return_scores, schedule_accuracy, ssim, watched_return_scores
 from .oracles import CausalUseOracle, FrameTape, WorldOracle
-from .scenes import DEFAULT_WORLD, render_clip, style_context
 
 #: every bounded policy that needs no training (the best of them but random is what a learned head must beat)
 HEURISTICS = tuple(e.name for e in policy_entries() if e.training_free)
@@ -43,7 +44,7 @@ def check_budget_fraction(value: float, policies, flag: str = "--budget", clip: 
                           chunk: int = SamplerConfig().chunk_frames, window: str = "clip") -> None:
     """Refuse, in the flag's own unit (a fraction of a ``clip``-frame window), a budget that cannot hold one
     chunk (plus sink_window's sink frame when that policy is asked for): before any rollout runs."""
-    from ..cli import UserError
+    from pafu_core.cli import UserError
     sink = "sink_window" in policies
     needed = chunk + (1 if sink else 0)
 
@@ -64,7 +65,7 @@ def world_frames(text: str) -> int:
     """``type=`` for a rollout length: at least two periods of the world, so the objects return at least once."""
     import argparse
 
-    from ..cli import positive_int
+    from pafu_core.cli import positive_int
     value = positive_int(text)
     least = 2 * DEFAULT_WORLD.period
     if value < least:
@@ -76,7 +77,7 @@ def world_frames(text: str) -> int:
 
 def check_policies(names, flag: str = "--policies", allowed=BUDGETED) -> list[str]:
     """Budgeted policy names, each one known; refuses an unknown one naming the choices."""
-    from ..cli import UserError
+    from pafu_core.cli import UserError
     unknown = [q for q in names if q not in allowed]
     if unknown:
         raise UserError(f"{flag}: unknown polic{'ies' if len(unknown) > 1 else 'y'} {', '.join(unknown)}; "

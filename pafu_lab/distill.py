@@ -1,8 +1,8 @@
 """Distil a Salience Estimation Head: learn to predict, from what the causal model has at hand, which
 cached tokens later chunks will attend to.
 
-    python -m pafu_core.distill --config configs/distill_wan21_1.3b.json [--steps 400 --out head.safetensors ...]
-    torchrun --nproc_per_node 8 -m pafu_core.distill --config ...          # plain DDP
+    python -m pafu_lab.distill --config configs/distill_wan21_1.3b.json [--steps 400 --out head.safetensors ...]
+    torchrun --nproc_per_node 8 -m pafu_lab.distill --config ...          # plain DDP
 
 Pipeline: clips (the causal student's own rollouts, optionally long and under a sliding window - the
 paper's streaming long tuning - or latents read from a file) -> attention use of every token by the
@@ -30,14 +30,15 @@ import torch.nn.functional as F
 from einops import rearrange
 from tqdm.auto import tqdm
 
-from .adapter import WanChunkRunner
-from .cli import Parser, UserError, output_file, run_cli
-from .cache import CacheBudget
-from .policies import KeyNorm, PaFuSalience, Policy, make_policy
-from .salience import HeadConfig, SalienceHead, save_head
-from .sampler import SamplerConfig, sample_video
+from pafu_core.adapter import WanChunkRunner
+from pafu_core.cache import CacheBudget
+from pafu_core.cli import Parser, UserError, output_file, run_cli
+from pafu_core.policies import KeyNorm, PaFuSalience, Policy, make_policy
+from pafu_core.salience import HeadConfig, SalienceHead, save_head
+from pafu_core.sampler import SamplerConfig, sample_video
+from pafu_core.wan import WAN21_1_3B, WanDiT, init_weights_, load_wan_checkpoint, tiny_config
+
 from .teacher import SSEConfig, SalienceTargets, sse_targets
-from .wan import WAN21_1_3B, WanDiT, init_weights_, load_wan_checkpoint, tiny_config
 from .world.metrics import psnr
 
 #: the target families compared in the README's ablation (the issue's candidates)
@@ -172,7 +173,7 @@ def read_clips(path: str, text_dim: int) -> list[Clip]:
 def rollout_context(cfg: DistillConfig, i: int, text_dim: int) -> torch.Tensor:
     """Text conditioning of rollout ``i``: the tiny world's styles in turn, rows of a file, or random."""
     if cfg.contexts == "tiny_world":
-        from .world.scenes import DEFAULT_WORLD, style_context
+        from pafu_core.world.scenes import DEFAULT_WORLD, style_context
         return style_context(i % DEFAULT_WORLD.num_styles)
     if cfg.contexts == "random":
         return torch.randn(1, 16, text_dim, generator=torch.Generator().manual_seed(10_000 + i))
@@ -251,7 +252,7 @@ class FeatureRecorder(Policy):
 
 def writing_pass(student: WanChunkRunner, clip: Clip, cfg: DistillConfig, recorder: FeatureRecorder) -> dict:
     """Teacher-forced writing passes of the causal student over a clean clip: what the recorder saw."""
-    from .cache import KVCache
+    from pafu_core.cache import KVCache
     lat = clip.latents.to(cfg.device)
     _, _, frames, h, w = lat.shape
     cache = KVCache(num_layers=student.num_layers, batch=1, num_heads=student.num_heads, head_dim=student.head_dim,
@@ -635,7 +636,7 @@ def read_config_file(path: str) -> dict:
 
 
 def _parse(argv) -> DistillConfig:
-    p = Parser(prog="python -m pafu_core.distill", description=__doc__)
+    p = Parser(prog="python -m pafu_lab.distill", description=__doc__)
     p.add_argument("--config", help="JSON file with DistillConfig fields; flags override it")
     for f in dataclasses.fields(DistillConfig):
         if f.name == "extra":

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 from einops import rearrange
 
-from .attention import query_tile_size
+from pafu_core.attention import query_tile_size
 
 REGIONS = ("past", "diag", "future")
 SOURCES = ("teacher_clean", "teacher_noisy", "student")
@@ -245,8 +245,8 @@ def attention_use(runner, latents: torch.Tensor, context: torch.Tensor, cfg: SSE
 
     ``writer`` (student source): an unbounded policy for the keep-all cache the clip is written
     into, which sees every entering token (the distillation records the head's features with it)."""
-    from .cache import KVCache
-    from .policies import make_policy
+    from pafu_core.cache import KVCache
+    from pafu_core.policies import make_policy
 
     b, _, f, hgt, wid = latents.shape
     tpf = runner.tokens_per_frame(hgt, wid)

@@ -17,7 +17,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from .scenes import DEFAULT_WORLD, OBJECT_COLORS, WorldConfig
+from pafu_core.world.scenes import DEFAULT_WORLD, OBJECT_COLORS, WorldConfig
 
 #: a cell shows an object when its mean colour's channel spread exceeds this (objects: 1.7,
 #: the backdrop: at most 0.12)
