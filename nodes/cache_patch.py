@@ -67,7 +67,7 @@ class PaFuKVCachePatch(io.ComfyNode):
                 logging.info("PaFu KV cache on core ar_video: %s", report.summary())
 
         def build(batch_size, max_seq_len, device, dtype):
-            policy = cache.build_policy(head.to(device) if head is not None else None)
+            policy = cache.build_policy(head.on_device(device) if head is not None else None)
             return NativeKVCaches(policy=policy, budget=cache.cache_budget(), num_layers=diffusion.num_layers,
                                   batch=batch_size, num_heads=diffusion.num_heads, head_dim=diffusion.head_dim,
                                   max_seq_len=max_seq_len, device=device, dtype=dtype, storage=cache.kv_storage,

@@ -113,9 +113,7 @@ class PaFuARChunkSampler(io.ComfyNode):
             observed = model.model.process_latent_in(watch["samples"].float())
         comfy.model_management.load_models_gpu([model])
         device = model.load_device
-        if head is not None:
-            head = head.to(device)
-        policy = cache.build_policy(head)
+        policy = cache.build_policy(head.on_device(device) if head is not None else None)
         b, _, frames, h, w = samples.shape
         steps = len(config.timesteps)
         total = -(-frames // min(chunk_frames, frames)) * steps

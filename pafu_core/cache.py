@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from .policies import Policy
+from .report import CacheReport, ChunkStats
 from .timing import DeviceTimer
 
 #: Self-Forcing's keep-all cache: 21 latent frames. Budget fractions are of this window.
@@ -96,6 +97,37 @@ def cache_bytes_for(budget_tokens: int, num_layers: int, num_heads: int, head_di
                     dtype: torch.dtype, storage: str = "model") -> int:
     """Bytes of self-attention K/V that ``budget_tokens`` per layer hold (the nominal cache size)."""
     return budget_tokens * kv_bytes_per_token(num_layers, num_heads, head_dim, dtype, storage)
+
+
+@dataclass(frozen=True)
+class CacheShape:
+    """What a cache needs to know of the model it serves."""
+
+    num_layers: int
+    num_heads: int
+    head_dim: int
+    dtype: torch.dtype = torch.float32
+
+    @classmethod
+    def of(cls, model) -> "CacheShape":
+        """From anything with ``num_layers``, ``num_heads``, ``head_dim`` (and ``dtype``): our runner, core's
+        causal Wan."""
+        return cls(model.num_layers, model.num_heads, model.head_dim, getattr(model, "dtype", torch.float32))
+
+
+def open_cache(shape: CacheShape, policy: Policy, budget: CacheBudget | None, *, batch: int, tokens_per_frame: int,
+               chunk_frames: int, total_frames: int, device: torch.device | str = "cpu", storage: str = "model",
+               max_bytes: int | None = None, grid_hw: tuple[int, int] = (0, 0)) -> tuple["KVCache", CacheReport]:
+    """The one way a generation opens its cache (the sampler, the core-AR patch, distillation, the teacher):
+    the budget is resolved and checked once, here, and the report starts with what was allocated."""
+    cache = KVCache(num_layers=shape.num_layers, batch=batch, num_heads=shape.num_heads, head_dim=shape.head_dim,
+                    tokens_per_frame=tokens_per_frame, chunk_frames=chunk_frames, total_frames=total_frames,
+                    policy=policy, budget=budget, device=device, dtype=shape.dtype, storage=storage,
+                    max_bytes=max_bytes)
+    report = CacheReport(policy=policy.describe(), budget_tokens=cache.budget_tokens, tokens_per_frame=tokens_per_frame,
+                         num_layers=shape.num_layers, total_frames=total_frames, grid_hw=tuple(grid_hw),
+                         sink_frames=cache.sink_frames)
+    return cache, report
 
 
 class KVCache:
@@ -343,6 +375,12 @@ class KVCache:
             if buf is not None:
                 flat = buf.view(-1, width)
                 flat.index_copy_(0, kv_dst, flat.index_select(0, kv_src))
+
+    def chunk_stats(self, chunk: int, frame_start: int, frames: int, chunk_ms: float) -> ChunkStats:
+        """The report's row for the chunk just committed (takes the policy's timer)."""
+        return ChunkStats(chunk=chunk, frame_start=frame_start, frames=frames, tokens_per_layer=self.length,
+                          kv_bytes=self.kv_bytes_held(), cache_bytes=self.nbytes(), chunk_ms=chunk_ms,
+                          policy_ms=self.policy_timer.take_ms(), evicted=self.last_evicted)
 
     def take_nonfinite(self) -> bool:
         """Whether a non-finite score was seen since the last call (one host read; call it where the

@@ -37,9 +37,9 @@ from pathlib import Path
 
 import torch
 
-from .cache import CacheBudget, KVCache
+from .cache import CacheBudget, CacheShape, KVCache, open_cache
 from .policies import Policy, policy_entries
-from .report import CacheReport, ChunkStats
+from .report import CacheReport
 from .sampler import device_memory_limit
 from .timing import synchronize
 
@@ -302,10 +302,8 @@ class NativeKVCaches:
         self._live = None
         synchronize(self.device)
         cache.take_nonfinite()
-        stats = ChunkStats(chunk=len(self.report.chunks), frame_start=frame_start, frames=frames,
-                           tokens_per_layer=cache.length, kv_bytes=cache.kv_bytes_held(), cache_bytes=cache.nbytes(),
-                           chunk_ms=(time.perf_counter() - self._block_t0) * 1e3,
-                           policy_ms=cache.policy_timer.take_ms(), evicted=cache.last_evicted)
+        stats = cache.chunk_stats(len(self.report.chunks), frame_start, frames,
+                                  (time.perf_counter() - self._block_t0) * 1e3)
         self.report.chunks.append(stats)
         self._block_t0 = None
         if frame_start + frames >= self.report.total_frames:
@@ -324,13 +322,11 @@ class NativeKVCaches:
             budget = dataclasses.replace(budget, sink_frames=max(budget.sink_frames, frames))
         total = -(-self.max_seq_len // tokens_per_frame)
         max_bytes = self.max_bytes if self.max_bytes is not None else device_memory_limit(self.device)
-        self.cache = KVCache(num_layers=self.num_layers, batch=self.batch, num_heads=self.num_heads,
-                             head_dim=self.head_dim, tokens_per_frame=tokens_per_frame, chunk_frames=frames,
-                             total_frames=total, policy=self.policy, budget=budget, device=self.device,
-                             dtype=self.dtype, storage=self.storage, max_bytes=max_bytes)
-        self.report = CacheReport(policy=self.policy.describe(), budget_tokens=self.cache.budget_tokens,
-                                  tokens_per_frame=tokens_per_frame, num_layers=self.num_layers,
-                                  total_frames=total, grid_hw=tuple(grid_hw), sink_frames=self.cache.sink_frames)
+        shape = CacheShape(self.num_layers, self.num_heads, self.head_dim, self.dtype)
+        self.cache, self.report = open_cache(shape, self.policy, budget, batch=self.batch,
+                                             tokens_per_frame=tokens_per_frame, chunk_frames=frames,
+                                             total_frames=total, device=self.device, storage=self.storage,
+                                             max_bytes=max_bytes, grid_hw=grid_hw)
 
     def _write(self, layer: int, which: int, start: int, stop: int, value: torch.Tensor) -> None:
         if self._live is None:

@@ -11,7 +11,6 @@ tensors; none of them reads the cached K/V.
 
 from __future__ import annotations
 
-import inspect
 import math
 from dataclasses import dataclass, field
 from typing import Callable, Protocol

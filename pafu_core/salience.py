@@ -147,6 +147,18 @@ class SalienceHead(nn.Module):
     def recency(self) -> float:
         return self.config.recency
 
+    def on_device(self, device: torch.device | str) -> "SalienceHead":
+        """This head on ``device`` without moving it: ComfyUI caches the loader's output and may hand the
+        same object to several graphs, so a copy per device is made once and kept."""
+        device = torch.device(device)
+        here = next(self.parameters()).device
+        if here == device or (device.type == here.type and device.index is None):
+            return self
+        copies = self.__dict__.setdefault("_device_copies", {})
+        if str(device) not in copies:
+            copies[str(device)] = SalienceHead(self.config, dict(self.named_parameters())).to(device).eval()
+        return copies[str(device)]
+
     # ---- entry salience ------------------------------------------------------------------
     def features(self, keys, values, hidden) -> torch.Tensor:
         """Concatenate the configured features, each layer-normed: [..., S, H, D] / [..., S, dim]

@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 
 from .adapter import WanChunkRunner
-from .cache import CacheBudget, KVCache
+from .cache import CacheBudget, CacheShape, open_cache
 from .policies import Policy
 from .report import CacheReport, ChunkStats
 from .timing import synchronize
@@ -96,15 +96,6 @@ class SampleResult:
 
 StepCallback = Callable[[int, int, torch.Tensor], None]     # (chunk, step, x0 prediction)
 ChunkCallback = Callable[[ChunkStats, torch.Tensor], None]  # (stats, the clean chunk as written to the cache)
-
-
-def build_cache(runner: WanChunkRunner, policy: Policy, budget: CacheBudget | None, *, batch: int,
-                tokens_per_frame: int, chunk_frames: int, total_frames: int,
-                device: torch.device, storage: str = "model", max_bytes: int | None = None) -> KVCache:
-    return KVCache(num_layers=runner.num_layers, batch=batch, num_heads=runner.num_heads,
-                   head_dim=runner.head_dim, tokens_per_frame=tokens_per_frame,
-                   chunk_frames=chunk_frames, total_frames=total_frames, policy=policy,
-                   budget=budget, device=device, dtype=runner.dtype, storage=storage, max_bytes=max_bytes)
 
 
 def device_memory_limit(device: torch.device) -> int | None:
@@ -186,14 +177,10 @@ def sample_video(runner: WanChunkRunner, context: torch.Tensor, *, num_frames: i
     chunk_frames = min(config.chunk_frames, num_frames)
     if max_cache_bytes is None:
         max_cache_bytes = device_memory_limit(device)
-    cache = build_cache(runner, policy, budget, batch=rows, tokens_per_frame=tokens_per_frame,
-                        chunk_frames=chunk_frames, total_frames=num_frames, device=device,
-                        storage=kv_storage, max_bytes=max_cache_bytes)
-    report = CacheReport(policy=policy.describe(), budget_tokens=cache.budget_tokens,
-                         tokens_per_frame=tokens_per_frame, num_layers=runner.num_layers,
-                         total_frames=num_frames,
-                         grid_hw=(height // runner.patch_size[1], width // runner.patch_size[2]),
-                         sink_frames=cache.sink_frames)
+    cache, report = open_cache(CacheShape.of(runner), policy, budget, batch=rows, tokens_per_frame=tokens_per_frame,
+                               chunk_frames=chunk_frames, total_frames=num_frames, device=device,
+                               storage=kv_storage, max_bytes=max_cache_bytes,
+                               grid_hw=(height // runner.patch_size[1], width // runner.patch_size[2]))
     sigmas = config.sigmas
     latents = torch.empty(noise.shape, dtype=torch.float32, device=device)
     kept = []
@@ -251,11 +238,7 @@ def sample_video(runner: WanChunkRunner, context: torch.Tensor, *, num_frames: i
                     raise FloatingPointError(NONFINITE_HELP.format(chunk=chunk))
                 cache.take_nonfinite()
 
-                stats = ChunkStats(chunk=chunk, frame_start=f0, frames=f1 - f0,
-                                   tokens_per_layer=cache.length, kv_bytes=cache.kv_bytes_held(),
-                                   cache_bytes=cache.nbytes(),
-                                   chunk_ms=(time.perf_counter() - t0) * 1e3,
-                                   policy_ms=cache.policy_timer.take_ms(), evicted=cache.last_evicted)
+                stats = cache.chunk_stats(chunk, f0, f1 - f0, (time.perf_counter() - t0) * 1e3)
                 report.chunks.append(stats)
                 if chunk_callback is not None:
                     chunk_callback(stats, written)

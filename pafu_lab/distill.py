@@ -31,7 +31,7 @@ from einops import rearrange
 from tqdm.auto import tqdm
 
 from pafu_core.adapter import WanChunkRunner
-from pafu_core.cache import CacheBudget
+from pafu_core.cache import CacheBudget, CacheShape, open_cache
 from pafu_core.cli import Parser, UserError, output_file, run_cli
 from pafu_core.policies import KeyNorm, PaFuSalience, Policy, make_policy
 from pafu_core.salience import HeadConfig, SalienceHead, save_head
@@ -252,12 +252,10 @@ class FeatureRecorder(Policy):
 
 def writing_pass(student: WanChunkRunner, clip: Clip, cfg: DistillConfig, recorder: FeatureRecorder) -> dict:
     """Teacher-forced writing passes of the causal student over a clean clip: what the recorder saw."""
-    from pafu_core.cache import KVCache
     lat = clip.latents.to(cfg.device)
     _, _, frames, h, w = lat.shape
-    cache = KVCache(num_layers=student.num_layers, batch=1, num_heads=student.num_heads, head_dim=student.head_dim,
-                    tokens_per_frame=student.tokens_per_frame(h, w), chunk_frames=cfg.chunk_frames,
-                    total_frames=frames, policy=recorder, budget=None, device=cfg.device, dtype=student.dtype)
+    cache, _ = open_cache(CacheShape.of(student), recorder, None, batch=1, tokens_per_frame=student.tokens_per_frame(h, w),
+                          chunk_frames=cfg.chunk_frames, total_frames=frames, device=cfg.device)
     try:
         with torch.inference_mode():
             cache.cross_kv = student.cross_kv(student.embed_text(clip.context.to(cfg.device)))

@@ -245,7 +245,7 @@ def attention_use(runner, latents: torch.Tensor, context: torch.Tensor, cfg: SSE
 
     ``writer`` (student source): an unbounded policy for the keep-all cache the clip is written
     into, which sees every entering token (the distillation records the head's features with it)."""
-    from pafu_core.cache import KVCache
+    from pafu_core.cache import CacheShape, open_cache
     from pafu_core.policies import make_policy
 
     b, _, f, hgt, wid = latents.shape
@@ -293,10 +293,8 @@ def attention_use(runner, latents: torch.Tensor, context: torch.Tensor, cfg: SSE
                                          frame_offset + f0, ctx, observer=observer_for(block))
             return use
 
-        cache = KVCache(num_layers=runner.num_layers, batch=b, num_heads=runner.num_heads,
-                        head_dim=runner.head_dim, tokens_per_frame=tpf, chunk_frames=fb, total_frames=f,
-                        policy=writer or make_policy("keep_all"), budget=None,
-                        device=latents.device, dtype=runner.dtype)
+        cache, _ = open_cache(CacheShape.of(runner), writer or make_policy("keep_all"), None, batch=b,
+                              tokens_per_frame=tpf, chunk_frames=fb, total_frames=f, device=latents.device)
         try:
             cache.cross_kv = cross
             for block in range(nb):

@@ -5,7 +5,8 @@ import torch
 
 from pafu_core.cache import CacheBudget
 from pafu_core.policies import make_policy
-from pafu_core.sampler import SamplerConfig, build_cache, sample_video
+from pafu_core.cache import CacheShape, open_cache
+from pafu_core.sampler import SamplerConfig, sample_video
 
 H = W = 8   # latent size -> 16 tokens per frame
 
@@ -18,8 +19,8 @@ def block_causal_mask(frames: int, chunk: int, tokens_per_frame: int) -> torch.T
 def test_chunk_forward_equals_block_causal_full_forward(runner, context):
     chunk, chunks = 2, 4
     gen = torch.Generator().manual_seed(0)
-    cache = build_cache(runner, make_policy("keep_all"), None, batch=1, tokens_per_frame=16,
-                        chunk_frames=chunk, total_frames=chunk * chunks, device="cpu")
+    cache, _ = open_cache(CacheShape.of(runner), make_policy("keep_all"), None, batch=1, tokens_per_frame=16,
+                          chunk_frames=chunk, total_frames=chunk * chunks, device="cpu")
     cache.cross_kv = runner.cross_kv(runner.embed_text(context))
     clean = []
     with torch.no_grad():
@@ -113,21 +114,21 @@ def test_budgeted_rollout_equals_full_forward_masked_to_the_kept_tokens(runner, 
         kept_at[stats.chunk + 1] = set(sample.cache.token_index[0, 0, :sample.cache.length].tolist())
 
     import pafu_core.sampler as sampler_mod
-    real_build = sampler_mod.build_cache
+    real_open = sampler_mod.open_cache
 
     class sample:            # captures the cache the sampler builds
         cache = None
 
     def spy(*a, **kw):
-        sample.cache = real_build(*a, **kw)
-        return sample.cache
+        sample.cache, report = real_open(*a, **kw)
+        return sample.cache, report
 
-    sampler_mod.build_cache = spy
+    sampler_mod.open_cache = spy
     try:
         res = sample_video(runner, context, num_frames=frames, height=H, width=W, policy=make_policy("sink_window"),
                            budget=CacheBudget(5, sink_frames=1), config=cfg, chunk_callback=record)
     finally:
-        sampler_mod.build_cache = real_build
+        sampler_mod.open_cache = real_open
     kept_at[0] = set()
     assert any(c.evicted for c in res.report.chunks)
     noise = torch.randn(1, 16, frames, H, W, generator=torch.Generator().manual_seed(cfg.seed))

@@ -10,7 +10,8 @@ import torch
 from pafu_core.attention import attention_with_key_mass
 from pafu_core.cache import CacheBudget
 from pafu_core.policies import PaFuSalience, make_policy
-from pafu_core.sampler import SamplerConfig, build_cache, sample_video
+from pafu_core.cache import CacheShape, open_cache
+from pafu_core.sampler import SamplerConfig, sample_video
 
 
 @pytest.mark.parametrize("tile", [1, 5, 16, None])
@@ -155,7 +156,7 @@ def test_salience_slot_gets_pre_rope_keys_values_and_hidden(runner, context):
         lambda mod, inp, out, i=i: captured.__setitem__(i, out.detach().clone()))
         for i, blk in enumerate(runner.model.blocks)]
     try:
-        cache = build_cache(runner, policy, CacheBudget(4), batch=1, tokens_per_frame=16, chunk_frames=2,
+        cache, _ = open_cache(CacheShape.of(runner), policy, CacheBudget(4), batch=1, tokens_per_frame=16, chunk_frames=2,
                             total_frames=4, device="cpu")
         cache.cross_kv = runner.cross_kv(runner.embed_text(context))
         x = torch.randn(1, 16, 2, 8, 8)

@@ -162,3 +162,13 @@ def test_edited_metadata_refused(tmp_path, runner):
 def test_missing_file():
     with pytest.raises(FileNotFoundError, match="not found"):
         load_head("/nonexistent/head.safetensors")
+
+
+def test_a_head_is_never_moved_in_place():
+    """ComfyUI caches the loader's head and may share it between graphs: a device copy is made once and
+    kept, the loaded object stays where it was. (On the CPU, only the 'meta' device is another device.)"""
+    head = SalienceHead(HeadConfig(num_layers=2, dim=8, num_heads=1))
+    assert head.on_device("cpu") is head
+    moved = head.on_device("meta")
+    assert moved is not head and moved is head.on_device("meta")
+    assert next(moved.parameters()).device.type == "meta" and next(head.parameters()).device.type == "cpu"

@@ -133,3 +133,34 @@ def test_cfg_needs_negative_and_one_means_off(runner, context):
     guided = sample_video(runner, context, negative=torch.zeros(1, 3, 4096), cfg=3.0, **kw)
     assert not torch.allclose(guided.latents, plain)
     assert guided.report.chunks[-1].kv_bytes == 2 * sample_video(runner, context, **kw).report.chunks[-1].kv_bytes
+
+
+BAD_BUDGETS = {"NaN": dict(budget=float("nan")), "below one chunk": dict(budget=2, budget_unit="latent_frames"),
+               "an unknown unit": dict(budget_unit="seconds"), "pafu without a head": dict(policy="pafu")}
+
+
+@pytest.mark.parametrize("case", BAD_BUDGETS, ids=list(BAD_BUDGETS))
+def test_a_bad_budget_gets_the_same_sentence_on_both_paths(runner, context, case):
+    """One validation path: the all-in-one sampler and the core-AR patch open their caches through the same
+    settings and the same factory, so a bad budget reads the same on both."""
+    from pafu_core.native import NativeKVCaches
+    from pafu_core.settings import CacheSettings
+
+    def sampler_path():
+        s = CacheSettings(**{"policy": "fifo", **BAD_BUDGETS[case]})
+        sample_video(runner, context, num_frames=9, height=8, width=8, policy=s.build_policy(None),
+                     budget=s.cache_budget(), config=SamplerConfig(chunk_frames=3))
+
+    def patch_path():
+        s = CacheSettings(**{"policy": "fifo", **BAD_BUDGETS[case]})
+        caches = NativeKVCaches(policy=s.build_policy(None), budget=s.cache_budget(), num_layers=runner.num_layers,
+                                batch=1, num_heads=runner.num_heads, head_dim=runner.head_dim, max_seq_len=9 * 16,
+                                device="cpu", dtype=torch.float32)
+        caches.begin_pass(0, 3, 16, (4, 4), False, kv_caches=[])
+
+    messages = []
+    for path in (sampler_path, patch_path):
+        with pytest.raises(ValueError) as err:
+            path()
+        messages.append(str(err.value))
+    assert messages[0] == messages[1] and len(messages[0].splitlines()) == 1, messages

@@ -42,7 +42,7 @@ TINY_FRAMES = 360          # 10x the tiny world's 36-frame training clip
 HEAD_NOTE = ("**Policy:** `standout`, which needs no head (it keeps the keys that stand out in their frame, newest "
              "first; tuned on the pack's tiny world, its quality on Wan is not measured yet). No public PaFu-KV "
              "head for Wan exists yet: to use the learned policy, distil one (`python -m pafu_lab.distill --config "
-             f"configs/distill_wan21_1.3b.json`), put it in `models/pafu_heads`, un-bypass the PaFu Salience Head "
+             "configs/distill_wan21_1.3b.json`), put it in `models/pafu_heads`, un-bypass the PaFu Salience Head "
              "Loader (Ctrl+B), pick the file, connect its head output, and set the budget's policy to `pafu`.")
 
 

@@ -29,7 +29,6 @@ import os
 import time
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from pafu_core.adapter import WanChunkRunner

@@ -150,8 +150,8 @@ def test_causal_wan_block_path_equals_our_chunk_runner(core):
     ops = sys.modules[PACK + ".nodes.comfy_ops"].ComfyOps(dm, torch.float32)
     runner = pafu_core.adapter.WanChunkRunner(dm, ops, dtype=torch.float32)
     ctx = pafu_core.world.scenes.style_context(2)
-    cache = pafu_core.sampler.build_cache(runner, pafu_core.policies.make_policy("keep_all"), None, batch=1,
-                                          tokens_per_frame=16, chunk_frames=3, total_frames=9, device="cpu")
+    cache, _ = pafu_core.cache.open_cache(pafu_core.cache.CacheShape.of(runner), pafu_core.policies.make_policy("keep_all"),
+                                          None, batch=1, tokens_per_frame=16, chunk_frames=3, total_frames=9, device="cpu")
     cache.cross_kv = runner.cross_kv(runner.embed_text(ctx))
     kv, cross = dm.init_kv_caches(1, 9 * 16, "cpu", torch.float32), dm.init_crossattn_caches(1, "cpu", torch.float32)
     gen = torch.Generator().manual_seed(0)

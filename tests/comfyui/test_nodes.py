@@ -7,7 +7,6 @@ same video as our ``WanDiT`` with plain PyTorch ops.
 
 from __future__ import annotations
 
-import os
 import sys
 
 import pytest
