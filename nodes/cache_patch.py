@@ -17,7 +17,6 @@ from comfy_api.latest import io
 from ..pafu_core.native import (NativeKVCaches, check_native_policy, check_native_protocol, wrap_forward_block,
                                 wrap_init_kv_caches)
 from .live import send_chunk_stats
-from .sampler import cache_limit_bytes
 from .types import PafuCache, PafuHead
 
 NEEDS_CORE_AR = ("the PaFu KV Cache Patch works on ComfyUI core's autoregressive path: it needs a causal-AR "
@@ -71,7 +70,7 @@ class PaFuKVCachePatch(io.ComfyNode):
             return NativeKVCaches(policy=policy, budget=cache.cache_budget(), num_layers=diffusion.num_layers,
                                   batch=batch_size, num_heads=diffusion.num_heads, head_dim=diffusion.head_dim,
                                   max_seq_len=max_seq_len, device=device, dtype=dtype, storage=cache.kv_storage,
-                                  max_bytes=cache_limit_bytes(), on_chunk=on_chunk)
+                                  on_chunk=on_chunk)
 
         patched = model.clone()
         patched.add_object_patch("diffusion_model.init_kv_caches", wrap_init_kv_caches(diffusion, build))

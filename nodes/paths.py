@@ -4,11 +4,11 @@ import os
 
 import folder_paths
 
-PACK_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ASSETS_DIR = os.path.join(PACK_DIR, "pafu_core", "world", "assets")
-BUNDLED_HEADS_DIR = os.path.join(ASSETS_DIR, "heads")
+from ..pafu_core.world import assets
+
+BUNDLED_HEADS_DIR = os.path.dirname(assets.HEAD)
 #: the tiny world's causal student, listed by core's UNETLoader too (zero-download templates)
-BUNDLED_MODELS_DIR = os.path.join(ASSETS_DIR, "diffusion_models")
+BUNDLED_MODELS_DIR = os.path.dirname(assets.STUDENT)
 HEADS = "pafu_heads"
 
 

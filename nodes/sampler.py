@@ -8,7 +8,6 @@ cache is freed) and the live cache view are wired through ComfyUI's own hooks.
 from __future__ import annotations
 
 import logging
-import os
 
 import comfy.model_management
 import comfy.model_sampling
@@ -31,12 +30,6 @@ def wan_runner(model) -> WanChunkRunner:
                          f"{type(diffusion).__name__ if diffusion is not None else type(model.model).__name__}")
     dtype = model.model.manual_cast_dtype or model.model.get_dtype()
     return WanChunkRunner(diffusion, ComfyOps(diffusion, dtype), dtype=dtype)
-
-
-def cache_limit_bytes() -> int | None:
-    """``PAFU_CACHE_LIMIT_GIB`` caps the memory a cache may reserve (default: what the device has free)."""
-    value = os.environ.get("PAFU_CACHE_LIMIT_GIB")
-    return int(float(value) * 2**30) if value else None
 
 
 def flow_shift(model) -> float:
@@ -133,7 +126,7 @@ class PaFuARChunkSampler(io.ComfyNode):
             result = sample_video(runner, cond, num_frames=frames, height=h, width=w, policy=policy,
                                   budget=cache.cache_budget(), config=config, batch=b, device=device,
                                   step_callback=on_step, chunk_callback=on_chunk, negative=neg, cfg=cfg,
-                                  kv_storage=cache.kv_storage, max_cache_bytes=cache_limit_bytes(),
+                                  kv_storage=cache.kv_storage,
                                   observed=observed)
         except comfy.model_management.InterruptProcessingException:
             logging.info("PaFu AR Chunk Sampler interrupted between denoising steps; cache freed")

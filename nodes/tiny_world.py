@@ -17,7 +17,7 @@ import torch
 from comfy_api.latest import io
 
 from ..pafu_core.world import assets
-from ..pafu_core.world.codec import decode_frames, encode_frames
+from ..pafu_core.world.codec import LATENT_CHANNELS, decode_frames, encode_frames
 from ..pafu_core.world.scenes import DEFAULT_WORLD, STYLE_NAMES, render_clip, style_context
 
 
@@ -76,7 +76,7 @@ class PaFuTinyWorldScene(io.ComfyNode):
         ctx = style_context(style_id)
         side = DEFAULT_WORLD.size // 2
         device = comfy.model_management.intermediate_device()
-        latent = torch.zeros(batch_size, 16, latent_frames, side, side, device=device)
+        latent = torch.zeros(batch_size, LATENT_CHANNELS, latent_frames, side, side, device=device)
         world = torch.stack([encode_frames(render_clip(world_seed + i, latent_frames, style=style_id).frames)
                              for i in range(batch_size)])
         world = comfy.latent_formats.Wan21().process_out(world).to(device)              # stored space
@@ -118,7 +118,7 @@ class PaFuTinyWorldStart(io.ComfyNode):
         options = patched.model_options.setdefault("transformer_options", {})
         options.setdefault("ar_config", {})["initial_latent"] = start
         side = DEFAULT_WORLD.size // 2
-        latent = torch.zeros(batch_size, 16, latent_frames, side, side,
+        latent = torch.zeros(batch_size, LATENT_CHANNELS, latent_frames, side, side,
                              device=comfy.model_management.intermediate_device())
         image = ((clip.frames + 1) / 2).permute(0, 2, 3, 1).contiguous()
         return io.NodeOutput(patched, [[style_context(style_id), {}]], {"samples": latent}, image)

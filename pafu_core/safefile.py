@@ -37,10 +37,6 @@ class TensorEntry:
     start: int
     end: int
 
-    @property
-    def torch_dtype(self) -> torch.dtype:
-        return DTYPES[self.dtype][0]
-
 
 @dataclass(frozen=True)
 class Header:

@@ -31,6 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
+from .cache import REFERENCE_FRAMES
 from .safefile import FileFormatError, load_tensors, read_header
 
 FORMAT_VERSION = 2
@@ -55,7 +56,7 @@ class HeadConfig:
     rescore: bool = False       # re-rank live tokens after every chunk (see the module docstring)
     rescore_hidden: int = 16
     rescore_inputs: tuple[str, ...] = RESCORE_INPUTS    # which of the three the re-scorer reads
-    age_unit: float = 21.0      # frames: ages enter the re-scorer as age / age_unit
+    age_unit: float = float(REFERENCE_FRAMES)   # frames: ages enter the re-scorer as age / age_unit
     recency: float = 0.0        # salience per latent frame: entry-only heads add it per frame of recency,
                                 # re-scoring heads subtract it per frame of age from the re-scorer's output
     training: dict = field(default_factory=dict)
@@ -263,7 +264,7 @@ def _config_from_metadata(meta: dict, fail) -> HeadConfig:
     rescore = need(meta, "rescore", bool) if version >= 2 else False
     inputs = need(meta, "rescore_inputs", list) if rescore else list(RESCORE_INPUTS)
     numbers = {}
-    for key, default in (("age_unit", 21.0), ("recency", 0.0)):
+    for key, default in (("age_unit", float(REFERENCE_FRAMES)), ("recency", 0.0)):
         value = meta.get(key, default)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             fail(f"its metadata field {key!r} should be a finite number, got {value!r}")

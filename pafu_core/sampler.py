@@ -12,6 +12,7 @@ rollouts under different policies are directly comparable.
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -24,6 +25,8 @@ from .policies import Policy
 from .report import CacheReport, ChunkStats
 from .timing import synchronize
 
+#: timestep of pure noise (sigma 1): Wan's timesteps run in (0, TIMESTEP_SCALE]
+TIMESTEP_SCALE = 1000.0
 DEFAULT_TIMESTEPS = (1000.0, 750.0, 500.0, 250.0)
 
 
@@ -31,7 +34,7 @@ def warp_timesteps(timesteps, shift: float) -> list[float]:
     """Flow-matching shift: sigma = shift*s / (1 + (shift-1)*s) with s = t/1000."""
     out = []
     for t in timesteps:
-        s = t / 1000.0
+        s = t / TIMESTEP_SCALE
         out.append(shift * s / (1 + (shift - 1) * s))
     return out
 
@@ -50,8 +53,8 @@ def validate_timesteps(timesteps) -> None:
     ts = list(timesteps)
     if not ts:
         raise ValueError("timesteps is empty: give at least one denoising timestep, e.g. 1000,750,500,250")
-    if any(not (0 < t <= 1000) for t in ts):      # NaN fails this too
-        raise ValueError(f"timesteps must lie in (0, 1000], got {ts}")
+    if any(not (0 < t <= TIMESTEP_SCALE) for t in ts):      # NaN fails this too
+        raise ValueError(f"timesteps must lie in (0, {TIMESTEP_SCALE:g}], got {ts}")
     if any(a <= b for a, b in zip(ts, ts[1:])):
         raise ValueError(f"timesteps must be strictly decreasing, got {ts}")
 
@@ -80,8 +83,8 @@ class SamplerConfig:
             raise ValueError(f"shift must be a positive finite number, got {self.shift}")
         if self.noise not in NOISE_STREAMS:
             raise ValueError(f"noise must be one of {', '.join(NOISE_STREAMS)}, got {self.noise!r}")
-        if not 0 <= self.context_timestep < 1000:
-            raise ValueError(f"context_timestep must lie in [0, 1000), got {self.context_timestep}")
+        if not 0 <= self.context_timestep < TIMESTEP_SCALE:
+            raise ValueError(f"context_timestep must lie in [0, {TIMESTEP_SCALE:g}), got {self.context_timestep}")
 
     @property
     def sigmas(self) -> list[float]:
@@ -98,8 +101,22 @@ StepCallback = Callable[[int, int, torch.Tensor], None]     # (chunk, step, x0 p
 ChunkCallback = Callable[[ChunkStats, torch.Tensor], None]  # (stats, the clean chunk as written to the cache)
 
 
+#: environment variable that caps the memory a cache may reserve, in GiB (tests, shared machines)
+CACHE_LIMIT_ENV = "PAFU_CACHE_LIMIT_GIB"
+
+
 def device_memory_limit(device: torch.device) -> int | None:
-    """Bytes a new cache may take on ``device``: free GPU memory, or available host RAM."""
+    """Bytes a new cache may take on ``device``: ``PAFU_CACHE_LIMIT_GIB`` when set, else free GPU memory
+    or available host RAM."""
+    cap = os.environ.get(CACHE_LIMIT_ENV)
+    if cap:
+        try:
+            gib = float(cap)
+        except ValueError:
+            gib = float("nan")
+        if not (math.isfinite(gib) and gib > 0):
+            raise ValueError(f"{CACHE_LIMIT_ENV} must be a positive number of GiB, got {cap!r}")
+        return int(gib * 2**30)
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
     try:
@@ -212,7 +229,7 @@ def sample_video(runner: WanChunkRunner, context: torch.Tensor, *, num_frames: i
                 x = noise[:, :, f0:f1].to(device=device, dtype=torch.float32)
                 x0 = x
                 for step, sigma in enumerate(sigmas):
-                    t = torch.full((batch, f1 - f0), sigma * 1000.0, device=device)
+                    t = torch.full((batch, f1 - f0), sigma * TIMESTEP_SCALE, device=device)
                     flow = predict(x, t, f0).float()
                     x0 = x - sigma * flow
                     if step_callback is not None:
@@ -225,7 +242,7 @@ def sample_video(runner: WanChunkRunner, context: torch.Tensor, *, num_frames: i
                         else:
                             fresh = torch.randn(x0.shape, generator=gen).to(device)
                         x = (1 - nxt) * x0 + nxt * fresh
-                s_ctx = config.context_timestep / 1000.0
+                s_ctx = config.context_timestep / TIMESTEP_SCALE
                 written = x0 if observed is None else observed[:, :, f0:f1].to(device=device, dtype=torch.float32)
                 x_ctx = written if s_ctx == 0 else (1 - s_ctx) * written + s_ctx * torch.randn(x0.shape, generator=gen).to(device)
                 t_ctx = torch.full((batch, f1 - f0), config.context_timestep, device=device)

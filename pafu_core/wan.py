@@ -10,8 +10,6 @@ attention mask) that serves as the bidirectional teacher and as the reference fo
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
 import os
 from dataclasses import dataclass
@@ -57,19 +55,6 @@ class WanConfig:
         d = dataclasses.asdict(self)
         d["patch_size"] = list(self.patch_size)
         return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "WanConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown Wan config fields: {sorted(unknown)}")
-        return cls(**{k: (tuple(v) if k == "patch_size" else v) for k, v in d.items()})
-
-    def fingerprint(self) -> str:
-        """Short stable hash of the shape-defining fields; a salience head records it."""
-        key = {k: self.to_dict()[k] for k in ("dim", "num_heads", "num_layers", "patch_size", "in_dim")}
-        return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
     @classmethod
     def from_state_dict(cls, sd: dict[str, torch.Tensor], head_dim: int = 128) -> "WanConfig":

@@ -35,7 +35,7 @@ from pafu_core.cache import CacheBudget, CacheShape, open_cache
 from pafu_core.cli import Parser, UserError, output_file, run_cli
 from pafu_core.policies import KeyNorm, PaFuSalience, Policy, make_policy
 from pafu_core.salience import HeadConfig, SalienceHead, save_head
-from pafu_core.sampler import SamplerConfig, sample_video
+from pafu_core.sampler import TIMESTEP_SCALE, SamplerConfig, sample_video
 from pafu_core.wan import WAN21_1_3B, WanDiT, init_weights_, load_wan_checkpoint, tiny_config
 
 from .teacher import SSEConfig, SalienceTargets, sse_targets
@@ -74,10 +74,6 @@ class DistillConfig:
     targets: str = ""
     sse_source: str = "teacher_clean"
     sse_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    sse_normalise: str = "max"
-    sse_layer_mode: str = "per_layer"
-    teacher_timesteps: tuple[float, ...] = (0.0,)     # teacher_clean only: the clip's input timesteps
-    sse_future_min_gap: int = 1
     sse_supersede: bool = False        # re-scoring targets: a newer view at a place takes over its use (teacher.py)
     horizon_frames: int = 0            # re-scoring: commits need this many frames after them (0: a third of the clip)
     feature_tokens: int = 0            # tokens per clip whose head features are kept, on the CPU (0: all); for big models
@@ -96,9 +92,6 @@ class DistillConfig:
     rescore_steps: int = 300
     lr: float = 3e-3
     weight_decay: float = 0.01
-    rank_weight: float = 1.0
-    mse_weight: float = 1.0
-    temperature: float = 0.05
     seed: int = 0
     # evaluation
     topk: float = 0.25
@@ -123,11 +116,9 @@ class DistillConfig:
 
     def sse(self) -> SSEConfig:
         noisy = self.sse_source != "teacher_clean"
-        steps = tuple(1000.0 * s for s in self.sampler(0).sigmas) if noisy else tuple(self.teacher_timesteps)
-        return SSEConfig(block_frames=self.chunk_frames, weights=tuple(self.sse_weights),
-                         normalise=self.sse_normalise, layer_mode=self.sse_layer_mode, source=self.sse_source,
-                         timesteps=steps, future_min_gap=self.sse_future_min_gap,
-                         supersede=self.sse_supersede)
+        steps = tuple(TIMESTEP_SCALE * s for s in self.sampler(0).sigmas) if noisy else SSEConfig.timesteps
+        return SSEConfig(block_frames=self.chunk_frames, weights=tuple(self.sse_weights), source=self.sse_source,
+                         timesteps=steps, supersede=self.sse_supersede)
 
     def sampler(self, seed: int) -> SamplerConfig:
         return SamplerConfig(chunk_frames=self.chunk_frames, timesteps=tuple(self.timesteps),
@@ -344,11 +335,15 @@ def rescore_inputs(entry: torch.Tensor, newer_grid: torch.Tensor, t: int, ex: Ex
 
 # ---- loss and metrics ------------------------------------------------------------------------
 
+#: the targets' softmax temperature in the listwise ranking loss (targets are normalised to [0, 1])
+RANK_TEMPERATURE = 0.05
+
+
 def distill_loss(pred: torch.Tensor, target: torch.Tensor, cfg: DistillConfig) -> torch.Tensor:
-    """Listwise softmax cross-entropy over a list of tokens (per layer) + MSE on the targets."""
-    soft = torch.softmax(target / cfg.temperature, dim=-1)
+    """Listwise softmax cross-entropy over a list of tokens (per layer) + MSE on the targets, equally weighted."""
+    soft = torch.softmax(target / RANK_TEMPERATURE, dim=-1)
     rank = -(soft * torch.log_softmax(pred, dim=-1)).sum(-1).mean()
-    return cfg.rank_weight * rank + cfg.mse_weight * F.mse_loss(pred, target)
+    return rank + F.mse_loss(pred, target)
 
 
 def spearman(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -30,6 +30,7 @@ import torch
 from einops import rearrange
 
 from pafu_core.attention import query_tile_size
+from pafu_core.sampler import TIMESTEP_SCALE
 
 REGIONS = ("past", "diag", "future")
 SOURCES = ("teacher_clean", "teacher_noisy", "student")
@@ -232,7 +233,7 @@ class _ContextWithout:
 
 
 def _noisy(latents: torch.Tensor, timestep: float, gen: torch.Generator) -> torch.Tensor:
-    s = timestep / 1000.0
+    s = timestep / TIMESTEP_SCALE
     if s == 0:
         return latents
     return (1 - s) * latents + s * torch.randn(latents.shape, generator=gen).to(latents)

@@ -98,9 +98,3 @@ def write_mp4(frames: np.ndarray, path: str, fps: int = 12, desc: str | None = N
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
-
-
-def read_mp4(path: str) -> np.ndarray:
-    import av
-    with av.open(path) as container:
-        return np.stack([fr.to_ndarray(format="rgb24") for fr in container.decode(video=0)])

@@ -2,9 +2,10 @@
 
 import os
 
+import numpy as np
+
 from pafu_lab import demo
 from pafu_core.adapter import WanChunkRunner
-from pafu_lab.video import read_mp4
 from pafu_core.wan import WanDiT, init_weights_
 from pafu_lab.world.evaluate import Batch, load_world_models, rollouts
 from pafu_lab.world.train import TINY_WAN
@@ -23,6 +24,12 @@ def test_trained_student_watching_the_world_brings_the_objects_back():
     assert mean(trained, "accuracy") > 0.6, [r.accuracy for r in trained]
     assert mean(trained, "schedule") > 0.5, [r.schedule for r in trained]
     assert mean(trained, "accuracy") > mean(untrained, "accuracy") + 0.4
+
+
+def read_mp4(path: str) -> np.ndarray:
+    import av
+    with av.open(path) as container:
+        return np.stack([fr.to_ndarray(format="rgb24") for fr in container.decode(video=0)])
 
 
 def test_shortened_demo_writes_its_outputs(tmp_path, capsys):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from pafu_core.policies import Policy
+from pafu_core.sampler import TIMESTEP_SCALE
 from pafu_core.world.codec import decode_frames
 
 from ..teacher import SSEConfig, attention_use
@@ -73,7 +74,7 @@ class CausalUseOracle(Policy):
     @classmethod
     def from_rollout(cls, student, latents: torch.Tensor, context: torch.Tensor, sigmas, block_frames: int):
         cfg = SSEConfig(block_frames=block_frames, source="student", weights=(0.0, 0.0, 1.0),
-                        timesteps=tuple(1000.0 * s for s in sigmas))
+                        timesteps=tuple(TIMESTEP_SCALE * s for s in sigmas))
         use = attention_use(student, latents, context, cfg)                  # [L, B, H, N, blocks]
         suffix = use.flip(-1).cummax(dim=-1).values.flip(-1).mean(dim=2)
         return cls(torch.cat([suffix, torch.zeros_like(suffix[..., :1])], dim=-1), block_frames)

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from pafu_core.adapter import WanChunkRunner
 from pafu_core.cli import Parser, existing_file, nonneg_int, output_file, positive_float, positive_int, run_cli, torch_device
-from pafu_core.sampler import SamplerConfig, warp_timesteps
+from pafu_core.sampler import TIMESTEP_SCALE, SamplerConfig, warp_timesteps
 from pafu_core.wan import WanConfig, WanDiT, init_weights_, load_wan_checkpoint
 from pafu_core.world.codec import encode_frames
 from pafu_core.world.scenes import DEFAULT_WORLD, WorldConfig, render_clip, style_context
@@ -89,7 +89,7 @@ def teacher_loss(runner: WanChunkRunner, lat, ctx, gen, device) -> torch.Tensor:
     noise = torch.randn(lat.shape, generator=gen).to(device)
     x = (1 - sigma.view(b, 1, 1, 1, 1)) * lat + sigma.view(b, 1, 1, 1, 1) * noise
     offset = int(torch.randint(MAX_OFFSET, (1,), generator=gen))
-    pred = runner.forward_full(x, sigma * 1000, ctx, frame_offset=offset)
+    pred = runner.forward_full(x, sigma * TIMESTEP_SCALE, ctx, frame_offset=offset)
     return weighted_mse(pred, noise - lat, object_weights(lat))
 
 
@@ -132,9 +132,9 @@ def student_loss(runner: WanChunkRunner, lat, ctx, gen, device, sampler: Sampler
         # the context as the model itself would have written it: its one-pass estimate of every chunk
         # (exposure bias: in a rollout the cache holds generated chunks, not the world's clean frames)
         with torch.no_grad():
-            flow = teacher_forcing_forward(runner, lat, noisy, sigma * 1000, ctx, offset, mask, sampler.context_timestep)
+            flow = teacher_forcing_forward(runner, lat, noisy, sigma * TIMESTEP_SCALE, ctx, offset, mask, sampler.context_timestep)
             context = (noisy - s5 * flow).detach()
-    pred = teacher_forcing_forward(runner, context, noisy, sigma * 1000, ctx, offset, mask, sampler.context_timestep)
+    pred = teacher_forcing_forward(runner, context, noisy, sigma * TIMESTEP_SCALE, ctx, offset, mask, sampler.context_timestep)
     return weighted_mse(pred, noise - lat, object_weights(lat))
 
 
