@@ -63,7 +63,10 @@ def verdicts(rows, budgets, learned: list[str]) -> tuple[str, dict]:
                 closed = (acc(name) - heur[best_h]) / gap if gap > 0 else float("nan")
                 entry["gap_closed"] = closed
                 lines.append(f"{100 * b:g}% {name}: closes {100 * closed:.0f}% of the gap between the best "
-                             f"heuristic ({best_h} {heur[best_h]:.3f}) and the best oracle ({best_o} {orac[best_o]:.3f})")
+                             f"heuristic ({best_h} {heur[best_h]:.3f}) and the best oracle ({best_o} {orac[best_o]:.3f})"
+                             if gap > 0 else
+                             f"{100 * b:g}% {name}: no gap to close: the best oracle ({best_o} {orac[best_o]:.3f}) scores "
+                             f"below the best heuristic ({best_h} {heur[best_h]:.3f}), so it bounds nothing here")
             summary[f"{b}:{name}"] = entry
     return "\n".join(lines), summary
 
