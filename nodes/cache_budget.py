@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..pafu_core.cache import KV_STORAGE, REFERENCE_FRAMES
+from ..pafu_core.cache import BUDGET_UNITS, KV_STORAGE, REFERENCE_FRAMES
 from ..pafu_core.policies import policy_help, policy_names
-from ..pafu_core.settings import BUDGET_UNITS, DEFAULT_POLICY, CacheSettings, finite
+from ..pafu_core.settings import DEFAULT_POLICY, CacheSettings
 from ..pafu_core.wan import WAN21_1_3B
 from .types import PafuCache
 
@@ -52,7 +52,7 @@ class PaFuKVCacheBudget(io.ComfyNode):
     @classmethod
     def execute(cls, policy, budget, budget_unit, sink_frames, reference_frames=REFERENCE_FRAMES, seed=0,
                 kv_storage="model", estimate_width=832, estimate_height=480) -> io.NodeOutput:
-        settings = CacheSettings(policy=policy, budget=finite("budget", budget), budget_unit=budget_unit,
+        settings = CacheSettings(policy=policy, budget=budget, budget_unit=budget_unit,
                                  sink_frames=sink_frames, reference_frames=reference_frames, seed=seed,
                                  kv_storage=kv_storage)
         tpf = WAN21_1_3B.tokens_per_frame(estimate_height // 8, estimate_width // 8)

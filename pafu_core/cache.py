@@ -36,7 +36,8 @@ from .timing import DeviceTimer
 
 #: Self-Forcing's keep-all cache: 21 latent frames. Budget fractions are of this window.
 REFERENCE_FRAMES = 21
-BUDGET_UNITS = ("tokens", "frames", "fraction", "GiB")
+#: the one vocabulary of budget units, from the node's combo to the eviction
+BUDGET_UNITS = ("fraction", "latent_frames", "tokens", "GiB")
 KV_STORAGE = ("model", "int8")
 
 
@@ -56,13 +57,13 @@ class CacheBudget:
     """
 
     value: float
-    unit: str = "frames"
+    unit: str = "latent_frames"
     sink_frames: int = 0
     reference_frames: int = REFERENCE_FRAMES
 
     def __post_init__(self):
         if self.unit not in BUDGET_UNITS:
-            raise ValueError(f"budget unit must be one of {', '.join(BUDGET_UNITS)}, got {self.unit!r}")
+            raise ValueError(f"budget_unit must be one of {', '.join(BUDGET_UNITS)}, got {self.unit!r}")
         _check_finite("budget", self.value)
         if not self.value > 0:
             raise ValueError(f"budget must be positive, got {self.value}")
@@ -76,7 +77,7 @@ class CacheBudget:
         size (the cache always holds one chunk beyond its budget)."""
         if self.unit == "tokens":
             return int(self.value)
-        if self.unit == "frames":
+        if self.unit == "latent_frames":
             return int(round(self.value * tokens_per_frame))
         if self.unit == "fraction":
             return int(round(self.value * self.reference_frames * tokens_per_frame))

@@ -18,8 +18,6 @@ from .policies import Policy, make_policy, policy_entry
 #: the policy a user gets without choosing: it needs no head, so it runs on any model
 DEFAULT_POLICY = "standout"
 
-#: the node's names for budget units -> CacheBudget's
-BUDGET_UNITS = {"fraction": "fraction", "latent_frames": "frames", "tokens": "tokens", "GiB": "GiB"}
 
 
 @dataclass(frozen=True)
@@ -34,19 +32,19 @@ class CacheSettings:
 
     def __post_init__(self):
         policy_entry(self.policy)            # refuses an unknown name, listing the registered ones
-        if self.budget_unit not in BUDGET_UNITS:
-            raise ValueError(f"budget_unit must be one of {', '.join(BUDGET_UNITS)}, got {self.budget_unit!r}")
         if self.kv_storage not in KV_STORAGE:
             raise ValueError(f"kv_storage must be one of {', '.join(KV_STORAGE)}, got {self.kv_storage!r}")
         if self.reference_frames < 1:
             raise ValueError(f"reference_frames must be >= 1, got {self.reference_frames}")
-        self.cache_budget()          # validates value (finite, positive) and sinks
+        self._budget()               # the one check of the budget: unit, finite, positive, sinks
+
+    def _budget(self) -> CacheBudget:
+        return CacheBudget(self.budget, unit=self.budget_unit, sink_frames=self.sink_frames,
+                           reference_frames=self.reference_frames)
 
     def cache_budget(self) -> CacheBudget | None:
-        if self.policy == "keep_all":
-            return None
-        return CacheBudget(self.budget, unit=BUDGET_UNITS[self.budget_unit], sink_frames=self.sink_frames,
-                           reference_frames=self.reference_frames)
+        """The budget the cache enforces; none for keep_all (still checked, so a bad value never hides)."""
+        return None if self.policy == "keep_all" else self._budget()
 
     def build_policy(self, head=None) -> Policy:
         return make_policy(self.policy, head=head, seed=self.seed)

@@ -112,7 +112,7 @@ def test_budget_smaller_than_a_chunk_is_refused():
 
 def test_budget_units():
     assert CacheBudget(0.25, unit="fraction").tokens(1560) == 8190       # 25% of Self-Forcing's 21 frames
-    assert CacheBudget(6, unit="frames").tokens(1560) == 9360
+    assert CacheBudget(6, unit="latent_frames").tokens(1560) == 9360
     assert CacheBudget(5000, unit="tokens").tokens(1560) == 5000
     with pytest.raises(ValueError, match="fraction"):
         CacheBudget(1.5, unit="fraction")

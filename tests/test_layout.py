@@ -126,3 +126,27 @@ def test_runtime_never_reaches_the_research():
             "bad = [m for m in sys.modules if m.startswith('pafu_lab')]; print(bad); sys.exit(1 if bad else 0)")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_runtime_requirements_are_exactly_what_the_runtime_imports():
+    """requirements.txt (what ComfyUI users install) lists the third-party packages that pafu_core and the
+    nodes import, and nothing the demo or the research alone needs (those: requirements-demo.txt)."""
+    import ast
+    import re
+    provided = {"torch", "comfy", "comfy_api", "comfy_extras", "folder_paths", "server", "nodes", "latent_preview",
+                "comfyui_version", "typing_extensions"}      # ComfyUI (and what it installs) and its torch
+    distribution = {"PIL": "pillow"}
+    imported = set()
+    for pkg in ("pafu_core", "nodes"):
+        for folder, _, files in os.walk(os.path.join(ROOT, pkg)):
+            for name in (f for f in files if f.endswith(".py")):
+                for node in ast.walk(ast.parse(open(os.path.join(folder, name)).read())):
+                    if isinstance(node, ast.Import):
+                        imported |= {a.name.split(".")[0] for a in node.names}
+                    elif isinstance(node, ast.ImportFrom) and not node.level:
+                        imported.add(node.module.split(".")[0])
+    third_party = {m for m in imported if m not in sys.stdlib_module_names and m not in provided
+                   and m not in ("pafu_core", "nodes")}
+    reqs = {re.split(r"[<>=!~ ]", line.strip())[0].lower() for line in open(os.path.join(ROOT, "requirements.txt"))
+            if line.strip() and not line.startswith("#")}
+    assert {distribution.get(m, m).lower() for m in third_party} == reqs, (sorted(third_party), sorted(reqs))

@@ -164,7 +164,7 @@ def test_keep_all_patch_gives_core_latents(end, read):
 
 def test_budgeted_patch_with_tensor_end_bounds_the_cache():
     caches = []
-    out = sample(patch(TinyCausal("tensor"), "fifo", CacheBudget(2, "frames"), caches), LATENT)
+    out = sample(patch(TinyCausal("tensor"), "fifo", CacheBudget(2, "latent_frames"), caches), LATENT)
     cache = caches[0].cache
     assert torch.isfinite(out).all() and cache.length == cache.budget_tokens == 12 and cache.evicted_total > 0
 
