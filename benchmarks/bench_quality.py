@@ -27,6 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from pafu_core.cli import (Parser, existing_file, fraction_of, list_of, one_of, output_dir,  # noqa: E402
                            positive_int, run_cli)
 from pafu_lab.charts import plot_accuracy_vs_budget  # noqa: E402
+from pafu_core.policies import policy_entry  # noqa: E402
 from pafu_core.salience import load_head  # noqa: E402
 from pafu_lab.world.evaluate import (BUDGETED, EVAL_SEED, HEURISTICS, ORACLES, TABLE_LEGEND, Batch,  # noqa: E402
                                       check_budget_fraction, check_policies, compare_to_reference,
@@ -47,7 +48,7 @@ def verdicts(rows, budgets, learned: list[str]) -> tuple[str, dict]:
         best_o = max(orac, key=orac.get) if orac else None
         for name in learned:
             entry = {}
-            free = [p for p in heur if p != "random"]
+            free = [p for p in heur if not policy_entry(p).control]      # random is the floor, not a choice
             best_free = max(free, key=heur.get) if free else None
             bases = [p for p in ("fifo", "sink_window") if p in heur]        # the ones this run scored
             if best_free is not None and best_free not in bases:

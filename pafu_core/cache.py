@@ -157,14 +157,7 @@ class KVCache:
                 raise ValueError(f"policy {policy.name!r} needs a budget")
             self.budget_tokens = budget.tokens(tokens_per_frame, chunk_tokens=self.chunk_tokens,
                                                bytes_per_token=self.bytes_per_token * batch)
-            needed = self.chunk_tokens + self.sink_frames * tokens_per_frame
-            if self.budget_tokens < needed:
-                raise ValueError(
-                    f"budget of {max(0, self.budget_tokens)} tokens per layer is smaller than one chunk "
-                    f"({self.chunk_tokens} tokens = {chunk_frames} frames x {tokens_per_frame})"
-                    + (f" plus {self.sink_frames} sink frames" if self.sink_frames else "")
-                    + f"; raise the budget to at least {needed} tokens "
-                      f"({-(-needed // tokens_per_frame)} latent frames)")
+            self._check_fits(chunk_frames)
         else:
             self.budget_tokens = self.total_tokens
         self.capacity = min(self.budget_tokens + self.chunk_tokens, self.total_tokens)
@@ -222,6 +215,19 @@ class KVCache:
                 f"({self.capacity} tokens per layer x {self.num_layers} layers, batch {self.batch}), more than "
                 f"the {limit / 2**30:.2f} GiB available; {advice}")
 
+    def _check_fits(self, chunk_frames: int, held: int = 0) -> None:
+        """The one refusal of a budget that cannot hold a chunk (plus the sink frames, and the ``held``
+        tokens already committed), in its own words."""
+        tpf = self.tokens_per_frame
+        chunk = chunk_frames * tpf
+        needed = max(chunk + self.sink_frames * tpf, held)
+        if self.budget_tokens < needed:
+            raise ValueError(
+                f"budget of {max(0, self.budget_tokens)} tokens per layer is smaller than one chunk "
+                f"({chunk} tokens = {chunk_frames} frames x {tpf})"
+                + (f" plus {self.sink_frames} sink frames" if self.sink_frames else "")
+                + f"; raise the budget to at least {needed} tokens ({-(-needed // tpf)} latent frames)")
+
     def grow_chunk(self, chunk_frames: int) -> None:
         """Make room for larger chunks than the cache was built for (ComfyUI's I2V path writes a
         one-frame start latent before its first block); committed tokens keep their slots."""
@@ -232,9 +238,7 @@ class KVCache:
             # a budget in GiB covers the slots of one chunk too: it shrinks as the chunk grows
             self.budget_tokens = self.budget.tokens(self.tokens_per_frame, chunk_tokens=tokens,
                                                     bytes_per_token=self.bytes_per_token * self.batch)
-            if self.budget_tokens < max(self.length, tokens + self.sink_frames * self.tokens_per_frame):
-                raise ValueError(f"budget of {self.budget_tokens} tokens per layer is smaller than one chunk of "
-                                 f"{chunk_frames} frames ({tokens} tokens) plus {self.sink_frames} sink frames")
+            self._check_fits(chunk_frames, held=self.length)
         capacity = min(self.budget_tokens + tokens, self.total_tokens)
 
         def grown(t: torch.Tensor | None, dim: int, fill=0):

@@ -194,6 +194,12 @@ def newer_at_place(view) -> torch.Tensor:
     return newer
 
 
+def neutral_newer(newer: torch.Tensor, entry: torch.Tensor) -> torch.Tensor:
+    """The re-scorer's "newer" input where nothing newer reached a token's place yet: its own entry salience
+    (neutral), so inference and distillation feed the head the same thing."""
+    return torch.where(torch.isfinite(newer), newer, entry)
+
+
 class PaFuSalience(Policy):
     """PaFu-KV: a distilled per-layer salience head scores each token as it enters the cache; a
     re-scoring head then re-ranks every live token after each chunk from its entry salience, its age
@@ -220,7 +226,7 @@ class PaFuSalience(Policy):
             return scores + recency * view.entering_frame_index.to(scores.dtype) if recency else scores
         newer = newer_at_place(view)
         entry = view.state("entry")
-        newer = torch.where(torch.isfinite(newer), newer, entry)     # nothing newer: neutral
+        newer = neutral_newer(newer, entry)
         age = (view.newest_frame - view.frame_index).to(torch.float32)
         scores = self.head.rescore(entry, newer, age)
         recency = self.head.recency()

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from pafu_core.adapter import WanChunkRunner
 from pafu_core.cache import CacheBudget, CacheShape, open_cache
 from pafu_core.cli import Parser, UserError, output_file, run_cli
-from pafu_core.policies import KeyNorm, PaFuSalience, Policy, make_policy
+from pafu_core.policies import KeyNorm, PaFuSalience, Policy, make_policy, neutral_newer
 from pafu_core.salience import HeadConfig, SalienceHead, save_head
 from pafu_core.sampler import TIMESTEP_SCALE, SamplerConfig, sample_video
 from pafu_core.wan import WAN21_1_3B, WanDiT, init_weights_, load_wan_checkpoint, tiny_config
@@ -328,7 +328,7 @@ def rescore_inputs(entry: torch.Tensor, newer_grid: torch.Tensor, t: int, ex: Ex
     frames = torch.arange(n_t) // tpf
     newer = newer_grid[:, frames, min(newest, newer_grid.shape[2] - 1), torch.arange(n_t) % tpf]
     e = entry[:, :n_t]
-    newer = torch.where(torch.isfinite(newer), newer, e)
+    newer = neutral_newer(newer, e)
     age = (newest - frames).to(e.dtype).expand_as(e)
     return e, newer, age
 
