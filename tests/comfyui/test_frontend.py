@@ -227,7 +227,7 @@ def test_comparison_workflow_policies_part_where_the_budget_first_binds(page, co
     kept = read_webp(output_files(entry, output_dir, "pafu_tiny_compare_kept")[0])
     assert kept.shape[0] == 360 and kept.shape[2] == 3 * side + 2 * gap        # FIFO | sink | PaFu token maps
     score = {name: watched_return_accuracy(to_world_frames(v, scale), truth) for name, v in panels.items()}
-    ci_line("comparison workflow (the model watches the world), return accuracy by panel: "
+    ci_line("comparison workflow (the model watches the world), score (right - invented, per object) by panel: "
             + ", ".join(f"{k} {v:.3f}" for k, v in score.items()))
     frame = Image.fromarray(video[18 * 9]).resize((video.shape[2] // 2, video.shape[1] // 2), Image.NEAREST)
     frame.convert("RGB").save(os.path.join(artifacts, "pafu_tiny_world_policy_comparison.jpg"), quality=90)

@@ -7,12 +7,13 @@ same video as our ``WanDiT`` with plain PyTorch ops.
 
 from __future__ import annotations
 
+import os
 import sys
 
 import pytest
 import torch
 
-from .conftest import PACK, run
+from .conftest import PACK, ROOT, run
 
 
 def test_schemas_are_valid_v3(pack):
@@ -187,10 +188,35 @@ def test_a_policy_registered_in_one_call_reaches_the_budget_node_and_the_patch(p
         del policies._REGISTRY["oldest_first"]
 
 
-def test_the_pack_as_comfyui_imports_it_loads_no_research(pack):
-    """What ComfyUI imports (the entry point and every node) holds no training, evaluation, demo or oracle
-    code: none of pafu_lab, no research module under the pack."""
-    research = ("distill", "teacher", "demo", "evaluate", "oracles", "train", "metrics", "charts")
-    loaded = [m for m in sys.modules if m.startswith("pafu_lab") or
-              (m.startswith(PACK + ".") and m.rpartition(".")[2] in research)]
-    assert not loaded, loaded
+IMPORT_AS_COMFYUI = """
+import asyncio, importlib.util, os, sys, tempfile
+root, pack = sys.argv[1], sys.argv[2]
+sys.path.insert(0, root)
+import comfy.options
+comfy.options.enable_args_parsing(False)
+import comfy.cli_args
+comfy.cli_args.args.cpu = True
+comfy.cli_args.args.base_directory = tempfile.mkdtemp()
+import folder_paths
+spec = importlib.util.spec_from_file_location("pack", os.path.join(pack, "__init__.py"),
+                                              submodule_search_locations=[pack])
+module = importlib.util.module_from_spec(spec)
+sys.modules["pack"] = module
+spec.loader.exec_module(module)
+ext = asyncio.run(module.comfy_entrypoint())
+nodes = asyncio.run(ext.get_node_list())
+research = ("distill", "teacher", "demo", "evaluate", "oracles", "train", "metrics", "charts", "clips", "video")
+loaded = [m for m in sys.modules if m.startswith("pafu_lab") or (m.startswith("pack.") and m.rpartition(".")[2] in research)]
+print(len(nodes), "nodes;", "research loaded:", loaded)
+sys.exit(1 if loaded or not nodes else 0)
+"""
+
+
+def test_the_pack_as_comfyui_imports_it_loads_no_research():
+    """What ComfyUI imports (the entry point and every node), in a fresh interpreter, holds no training,
+    evaluation, demo or oracle code: none of pafu_lab, no research module under the pack."""
+    import subprocess
+    root = os.path.abspath(os.environ["COMFYUI_PATH"])
+    proc = subprocess.run([sys.executable, "-c", IMPORT_AS_COMFYUI, root, ROOT],
+                          capture_output=True, text=True, timeout=300, cwd=root)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
