@@ -112,18 +112,23 @@ def test_training_runs_and_marks_the_student_causal_ar(tmp_path):
 
 
 def test_world_oracle_keeps_the_latest_appearance_of_the_objects_then_the_newest_tokens():
+    """It reads the world's labels of the frames held before the entering chunk, never pixels: a saturated
+    cell that is no object (here: painted into the frames) does not fool it."""
     from types import SimpleNamespace
 
-    from pafu_lab.world.oracles import FrameTape, WorldOracle
+    from pafu_lab.world.oracles import WorldOracle, object_labels
     clip = render_clip(5, 60, style=1)
-    latents = encode_frames(clip.frames).unsqueeze(0)
-    tape = FrameTape(1, 60, 16)
-    for f0 in range(0, 45, 3):                         # the chunks the cache took: frames 0..44
-        tape(SimpleNamespace(frame_start=f0, frames=3), latents[:, :, f0:f0 + 3])
-    tokens = torch.arange(48 * 16)
+    labels = object_labels(clip)
+    assert labels.sum() == 4 * W.visible_frames * W.num_objects and labels[0, clip.positions].all()
+    decoy = next(c for c in range(W.cells) if c not in clip.positions.tolist())
+    r, c = divmod(decoy, W.grid)
+    clip.frames[30:33, :, r * W.cell:(r + 1) * W.cell, c * W.cell:(c + 1) * W.cell] = OBJECT_COLORS[0].view(3, 1, 1)
+    assert not object_labels(clip)[30:33, decoy].any()                         # labels, not pixels
+    tokens = torch.arange(48 * 16)                      # the cache holds frames 0..47; 45..47 are entering
     view = SimpleNamespace(frame_index=(tokens // 16).view(1, 1, -1), place=(tokens % 16).view(1, 1, -1),
+                           newest_frame=47, num_entering=3 * 16, tokens_per_frame=16,
                            cache=SimpleNamespace(device="cpu"))
-    scores = WorldOracle(tape).score(view)[0, 0]
+    scores = WorldOracle(labels[None]).score(view)[0, 0]
     kept = scores.topk(9).indices
     assert sorted((int(i) // 16, int(i) % 16) for i in kept) == \
         sorted((f, int(p)) for f in (30, 31, 32) for p in clip.positions)     # the third appearance, whole

@@ -28,7 +28,7 @@ from pafu_core.world.codec import decode_frames, encode_frames
 from pafu_core.world.scenes import DEFAULT_WORLD, render_clip, style_context
 
 from .metrics import change_accuracy, psnr, return_scores, schedule_accuracy, ssim, watched_return_scores
-from .oracles import CausalUseOracle, FrameTape, WorldOracle
+from .oracles import CausalUseOracle, WorldOracle, object_labels
 
 #: every bounded policy that needs no training (the best of them but random is what a learned head must beat)
 HEURISTICS = tuple(e.name for e in policy_entries() if e.training_free)
@@ -134,11 +134,15 @@ class Batch:
         return torch.cat([style_context(s) for s in self.styles])
 
     @cached_property
+    def clips(self) -> list:
+        """The world's own clips of this batch (row i: scene seed ``seed * 1000 + i``), rendered once per
+        batch, whatever number of policies are rolled out on it."""
+        return [render_clip(self.seed * 1000 + i, self.frames, style=s) for i, s in enumerate(self.styles)]
+
+    @property
     def truth(self) -> torch.Tensor:
-        """The world's own videos of this batch, [B, F, 3, 16, 16] (row i: scene seed ``seed * 1000 + i``);
-        rendered once per batch, whatever number of policies are rolled out on it."""
-        return torch.stack([render_clip(self.seed * 1000 + i, self.frames, style=s).frames
-                            for i, s in enumerate(self.styles)])
+        """[B, F, 3, 16, 16] the world's frames."""
+        return torch.stack([c.frames for c in self.clips])
 
     @property
     def sampler(self) -> SamplerConfig:
@@ -161,8 +165,7 @@ def rollouts(student: WanChunkRunner, head: SalienceHead | None, policy: str, bu
     truth = batch.truth if batch.watched else None
     observed = torch.stack([encode_frames(v) for v in truth]).to(device) if truth is not None else None
     if policy == "oracle_world":
-        tape = FrameTape(len(batch.styles), batch.frames, DEFAULT_WORLD.cells)
-        pol, callbacks = WorldOracle(tape), callbacks + [tape]
+        pol = WorldOracle(torch.stack([object_labels(c) for c in batch.clips]))
     elif policy == "oracle_causal":
         if reference is None:
             raise ValueError("oracle_causal needs the keep-all rollouts of the same batch")

@@ -1,6 +1,6 @@
 """Oracle cache policies: upper bounds for the quality tables, never offered to users.
 
-* ``WorldOracle`` knows the world's truth: after every chunk it keeps the tokens of the latest
+* ``WorldOracle`` knows the world's labels: after every chunk it keeps the tokens of the latest
   appearance of the objects (which will return), then the newest tokens.
 * ``CausalUseOracle`` knows the student's future: after every chunk it keeps the tokens that the
   student's own queries from later chunks attend to most in the keep-all rollout of the same noise.
@@ -14,51 +14,51 @@ import torch
 
 from pafu_core.policies import Policy
 from pafu_core.sampler import TIMESTEP_SCALE
-from pafu_core.world.codec import decode_frames
+from pafu_core.world.scenes import DEFAULT_WORLD, WorldConfig
 
 from ..teacher import SSEConfig, attention_use
-from .metrics import cell_colors, object_mask
 
 #: a priority outranks any recency difference (frame indices stay far below it)
 _PRIORITY = 1e6
 
 
-class FrameTape:
-    """Which cells show objects in the frames generated so far, per batch row (fed by the sampler's
-    chunk callback with each finished chunk's latents)."""
-
-    def __init__(self, batch: int, frames: int, cells: int):
-        self.objects = torch.zeros(batch, frames, cells, dtype=torch.bool)
-        self.frames = 0
-
-    def __call__(self, stats, x0: torch.Tensor) -> None:
-        shown = object_mask(cell_colors(decode_frames(x0.float().cpu()).flatten(0, 1)))
-        f0 = stats.frame_start
-        self.objects[:, f0:f0 + stats.frames] = shown.view(x0.shape[0], stats.frames, -1)
-        self.frames = f0 + stats.frames
+def object_labels(clip, cfg: WorldConfig = DEFAULT_WORLD) -> torch.Tensor:
+    """[F, cells] bool: which cells hold one of the world's objects in each frame, from the world's own
+    labels (its objects' cells and visibility), never from pixels, so nothing that merely looks like an
+    object (a decoy, a highlight) counts."""
+    labels = torch.zeros(clip.colors.shape[0], cfg.cells, dtype=torch.bool)
+    labels[:, clip.positions] = clip.colors >= 0
+    return labels
 
 
 class WorldOracle(Policy):
+    """Keeps the tokens of the objects' latest appearance (by the world's labels), then the newest ones.
+
+    It knows the world's labels of the frames the cache held before the entering chunk (the entering
+    chunk is protected anyway), which makes it comparable with the frame-reading oracle it replaced."""
+
     name = "oracle_world"
     scores_on_entry = False
 
-    def __init__(self, tape: FrameTape):
-        self.tape = tape
+    def __init__(self, objects: torch.Tensor):
+        """``objects`` [B, F, cells] bool: ``object_labels`` of every row's world."""
+        self.objects = objects
 
     def score(self, view) -> torch.Tensor:
-        if self.tape.frames == 0:                                            # nothing generated yet
+        known = view.newest_frame + 1 - view.num_entering // view.tokens_per_frame
+        if known <= 0:                                                       # nothing before this chunk
             return view.frame_index.float()
-        objects = self.tape.objects[:, :self.tape.frames]                    # [B, F, cells]
+        objects = self.objects[:, :known]                                    # [B, F, cells]
         shown = objects.any(dim=-1)
         starts = shown & ~torch.cat([torch.zeros_like(shown[:, :1]), shown[:, :-1]], dim=1)
         frame_ids = torch.arange(shown.shape[1])
         latest = torch.where(starts, frame_ids, -1).amax(dim=1)             # [B]: start of the latest appearance
         frame = view.frame_index.cpu().long()                               # [L, B, N]
         place = view.place.cpu().long()
-        taped = frame < self.tape.frames
-        f = frame.clamp(max=max(0, self.tape.frames - 1))
+        labelled = frame < known
+        f = frame.clamp(max=known - 1)
         rows = torch.arange(frame.shape[1]).view(1, -1, 1).expand_as(f)
-        is_object = taped & objects[rows, f, place]
+        is_object = labelled & objects[rows, f, place]
         keep = is_object & (frame >= latest.view(1, -1, 1))
         return (keep.float() * _PRIORITY + frame.float()).to(view.cache.device)
 
