@@ -11,10 +11,11 @@ from .cache_patch import PaFuKVCachePatch
 from .head_loader import PaFuSalienceHeadLoader
 from .report import PaFuCacheReport
 from .sampler import PaFuARChunkSampler
+from .timeline import PaFuPromptTimeline
 from .tiny_world import PaFuTinyWorldDecode, PaFuTinyWorldModel, PaFuTinyWorldScene, PaFuTinyWorldStart
 
 NODES = [PaFuSalienceHeadLoader, PaFuKVCacheBudget, PaFuARChunkSampler, PaFuKVCachePatch, PaFuCacheReport,
-         PaFuARCheckpointLoader, PaFuTinyWorldModel, PaFuTinyWorldScene, PaFuTinyWorldStart, PaFuTinyWorldDecode]
+         PaFuPromptTimeline, PaFuARCheckpointLoader, PaFuTinyWorldModel, PaFuTinyWorldScene, PaFuTinyWorldStart, PaFuTinyWorldDecode]
 
 
 class PaFuExtension(ComfyExtension):

@@ -17,9 +17,10 @@ from comfy_api.latest import io
 from ..pafu_core.adapter import WanChunkRunner
 from ..pafu_core.sampler import NOISE_STREAMS, SamplerConfig, check_inputs, parse_timesteps, sample_video
 from ..pafu_core.settings import finite
+from ..pafu_core.timeline import with_changes
 from .comfy_ops import ComfyOps
 from .live import send_chunk_stats
-from .types import PafuCache, PafuHead, PafuReport
+from .types import PafuCache, PafuHead, PafuReport, PafuTimeline
 
 
 def wan_runner(model) -> WanChunkRunner:
@@ -74,6 +75,9 @@ class PaFuARChunkSampler(io.ComfyNode):
                                tooltip="pafu: one seeded stream, identical noise under every policy. comfy_ar: "
                                        "core's SamplerARVideo convention, so the same seed (RandomNoise) and "
                                        "sigmas give core's latents."),
+                PafuTimeline.Input("timeline", optional=True,
+                                   tooltip="Optional prompt changes (PaFu Prompt Timeline): positive holds from "
+                                           "latent frame 0, each later prompt from its change frame on."),
                 io.Latent.Input("watch", optional=True,
                                 tooltip="Optional: a video the model watches (video prediction). Each chunk is "
                                         "predicted from the cache, then the cache takes this video's chunk "
@@ -86,7 +90,7 @@ class PaFuARChunkSampler(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, positive, latent, cache, seed, chunk_frames, timesteps, context_timestep,
-                head=None, negative=None, cfg=1.0, noise_stream="pafu", watch=None) -> io.NodeOutput:
+                head=None, negative=None, cfg=1.0, noise_stream="pafu", watch=None, timeline=None) -> io.NodeOutput:
         runner = wan_runner(model)
         finite("cfg", cfg)
         config = SamplerConfig(chunk_frames=chunk_frames, timesteps=parse_timesteps(timesteps),
@@ -96,8 +100,10 @@ class PaFuARChunkSampler(io.ComfyNode):
         if head is not None:
             head.check_backbone(runner)
         samples = latent["samples"]
-        cond = positive[0][0]
-        check_inputs(runner, cond, samples)           # before anything is loaded or allocated
+        cond = with_changes(positive[0][0], timeline or [])
+        cond.check(samples.shape[2], min(chunk_frames, samples.shape[2]))    # before anything is loaded
+        for prompt in cond.contexts:
+            check_inputs(runner, prompt, samples)
         observed = None
         if watch is not None:
             if watch["samples"].shape != samples.shape:

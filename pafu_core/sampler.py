@@ -23,6 +23,7 @@ from .adapter import WanChunkRunner
 from .cache import CacheBudget, CacheShape, open_cache
 from .policies import Policy
 from .report import CacheReport, ChunkStats
+from .timeline import PromptTimeline
 from .timing import synchronize
 
 #: timestep of pure noise (sigma 1): Wan's timesteps run in (0, TIMESTEP_SCALE]
@@ -150,7 +151,7 @@ def check_inputs(runner: WanChunkRunner, context: torch.Tensor, noise: torch.Ten
         raise ValueError(f"conditioning batch {context.shape[0]} does not match latent batch {noise.shape[0]}")
 
 
-def sample_video(runner: WanChunkRunner, context: torch.Tensor, *, num_frames: int, height: int,
+def sample_video(runner: WanChunkRunner, context: torch.Tensor | PromptTimeline, *, num_frames: int, height: int,
                  width: int, policy: Policy, budget: CacheBudget | None,
                  config: SamplerConfig = SamplerConfig(), batch: int = 1,
                  device: torch.device | str | None = None, noise: torch.Tensor | None = None,
@@ -160,6 +161,8 @@ def sample_video(runner: WanChunkRunner, context: torch.Tensor, *, num_frames: i
                  max_cache_bytes: int | None = None, observed: torch.Tensor | None = None) -> SampleResult:
     """Generate ``num_frames`` latent frames chunk by chunk.
 
+    ``context`` is one conditioning for the whole video, or a ``PromptTimeline`` whose prompts change at
+    chunk boundaries (the cross-attention keys and values are recomputed at each change).
     ``noise`` (optional) fixes the initial noise [B, C, F, H, W]; otherwise it is drawn from the
     seeded generator. With ``cfg`` != 1 the ``negative`` conditioning runs as a second half of the
     batch with its own cache rows (classifier-free guidance, for models not distilled without it).
@@ -174,11 +177,13 @@ def sample_video(runner: WanChunkRunner, context: torch.Tensor, *, num_frames: i
     """
     if not math.isfinite(cfg):
         raise ValueError(f"cfg must be a finite number, got {cfg}")
-    device = torch.device(device) if device is not None else context.device
+    timeline = PromptTimeline.of(context)
+    device = torch.device(device) if device is not None else timeline.contexts[0].device
     gen = torch.Generator("cpu").manual_seed(config.seed)
     if noise is None:
         noise = torch.randn(batch, runner.in_dim, num_frames, height, width, generator=gen)
-    check_inputs(runner, context, noise)
+    for prompt in timeline.contexts:
+        check_inputs(runner, prompt, noise)
     if observed is not None and observed.shape != noise.shape:
         raise ValueError(f"observed latents must have the noise's shape {tuple(noise.shape)}, got {tuple(observed.shape)}")
     guided = cfg != 1.0
@@ -192,6 +197,7 @@ def sample_video(runner: WanChunkRunner, context: torch.Tensor, *, num_frames: i
         raise ValueError("num_frames must be at least 1")
     tokens_per_frame = runner.tokens_per_frame(height, width)
     chunk_frames = min(config.chunk_frames, num_frames)
+    timeline.check(num_frames, chunk_frames)
     if max_cache_bytes is None:
         max_cache_bytes = device_memory_limit(device)
     cache, report = open_cache(CacheShape.of(runner), policy, budget, batch=rows, tokens_per_frame=tokens_per_frame,
@@ -203,15 +209,18 @@ def sample_video(runner: WanChunkRunner, context: torch.Tensor, *, num_frames: i
     kept = []
     try:
         with torch.inference_mode():
-            context = context.to(device).expand(batch, -1, -1)
-            if guided:
-                negative = negative.to(device).expand(batch, -1, -1)
-                if negative.shape[1] != context.shape[1]:     # pad the shorter text with zeros
-                    n = max(negative.shape[1], context.shape[1])
-                    context, negative = (torch.nn.functional.pad(c, (0, 0, 0, n - c.shape[1]))
-                                         for c in (context, negative))
-                context = torch.cat([context, negative])
-            cache.cross_kv = runner.cross_kv(runner.embed_text(context))
+            def cross_kv(prompt: torch.Tensor):
+                """The cross-attention K/V of one prompt (and of the negative, as the second half)."""
+                prompt = prompt.to(device).expand(batch, -1, -1)
+                if guided:
+                    neg = negative.to(device).expand(batch, -1, -1)
+                    if neg.shape[1] != prompt.shape[1]:     # pad the shorter text with zeros
+                        n = max(neg.shape[1], prompt.shape[1])
+                        prompt, neg = (torch.nn.functional.pad(c, (0, 0, 0, n - c.shape[1])) for c in (prompt, neg))
+                    prompt = torch.cat([prompt, neg])
+                return runner.cross_kv(runner.embed_text(prompt))
+
+            segment = None
 
             def predict(x, t, frame_start, write=False):
                 if not guided:
@@ -226,6 +235,9 @@ def sample_video(runner: WanChunkRunner, context: torch.Tensor, *, num_frames: i
             for chunk, f0 in enumerate(range(0, num_frames, chunk_frames)):
                 f1 = min(num_frames, f0 + chunk_frames)
                 t0 = time.perf_counter()
+                if timeline.segment_of(f0) != segment:         # a prompt change: new cross-attention K/V
+                    segment = timeline.segment_of(f0)
+                    cache.cross_kv = cross_kv(timeline.contexts[segment])
                 x = noise[:, :, f0:f1].to(device=device, dtype=torch.float32)
                 x0 = x
                 for step, sigma in enumerate(sigmas):

@@ -220,3 +220,31 @@ def test_the_pack_as_comfyui_imports_it_loads_no_research():
     proc = subprocess.run([sys.executable, "-c", IMPORT_AS_COMFYUI, root, ROOT],
                           capture_output=True, text=True, timeout=300, cwd=root)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+
+
+def test_prompt_timeline_through_the_sampler_node(pack):
+    """A prompt change at latent frame 6: the chunks before it are the single-prompt video's, the chunks
+    after it differ (the cross-attention was recomputed), the cache stays bounded; bad timelines are refused
+    with one sentence."""
+    _, nodes = pack
+    from comfy_extras.nodes_model_advanced import ModelSamplingSD3
+    (model,) = ModelSamplingSD3().patch(run(nodes["PaFuTinyWorldModel"])[0], 5.0)
+    teal, latent, _ = run(nodes["PaFuTinyWorldScene"], style="teal", latent_frames=12, batch_size=1)
+    red = run(nodes["PaFuTinyWorldScene"], style="red", latent_frames=12, batch_size=1)[0]
+    cache = run(nodes["PaFuKVCacheBudget"], policy="standout", budget=6, budget_unit="latent_frames", sink_frames=0)[0]
+    args = dict(model=model, positive=teal, latent=latent, cache=cache, seed=3, chunk_frames=3,
+                timesteps="1000,750,500,250", context_timestep=0.0)
+    plain = run(nodes["PaFuARChunkSampler"], **args)[0]["samples"]
+    timeline = run(nodes["PaFuPromptTimeline"], change_frames="6", prompt_2=red)[0]
+    changed, report = run(nodes["PaFuARChunkSampler"], timeline=timeline, **args)
+    changed = changed["samples"]
+    assert torch.equal(changed[:, :, :6], plain[:, :, :6])
+    assert not torch.allclose(changed[:, :, 6:], plain[:, :, 6:], atol=1e-3)
+    assert max(c.tokens_per_layer for c in report.chunks) == 6 * 16
+    with pytest.raises(ValueError, match="falls inside a chunk of 3 frames; move it to frame 3 or 6"):
+        run(nodes["PaFuARChunkSampler"], timeline=run(nodes["PaFuPromptTimeline"], change_frames="4",
+                                                         prompt_2=red)[0], **args)
+    with pytest.raises(ValueError, match="lists 2 frames but 1 prompt is connected"):
+        run(nodes["PaFuPromptTimeline"], change_frames="6, 9", prompt_2=red)
+    with pytest.raises(ValueError, match="whole latent frames"):
+        run(nodes["PaFuPromptTimeline"], change_frames="six", prompt_2=red)

@@ -20,7 +20,7 @@ EXPECTED_INPUTS = {
     "PaFuARChunkSampler": {"model": "MODEL", "positive": "CONDITIONING", "latent": "LATENT", "cache": "PAFU_CACHE",
                            "seed": "INT", "chunk_frames": "INT", "timesteps": "STRING", "context_timestep": "FLOAT",
                            "head": "PAFU_HEAD", "negative": "CONDITIONING", "cfg": "FLOAT", "noise_stream": "COMBO",
-                           "watch": "LATENT"},
+                           "timeline": "PAFU_TIMELINE", "watch": "LATENT"},
     "PaFuKVCachePatch": {"model": "MODEL", "cache": "PAFU_CACHE", "head": "PAFU_HEAD"},
     "PaFuCacheReport": {"report": "PAFU_REPORT", "frames": "IMAGE", "report_b": "PAFU_REPORT",
                         "report_c": "PAFU_REPORT", "report_d": "PAFU_REPORT"},
@@ -30,6 +30,8 @@ EXPECTED_INPUTS = {
     "PaFuTinyWorldStart": {"model": "MODEL", "style": "COMBO", "world_seed": "INT", "latent_frames": "INT",
                            "batch_size": "INT"},
     "PaFuTinyWorldDecode": {"latent": "LATENT", "scale": "INT"},
+    "PaFuPromptTimeline": {"change_frames": "STRING", "prompt_2": "CONDITIONING", "prompt_3": "CONDITIONING",
+                           "prompt_4": "CONDITIONING"},
 }
 DISPLAY = {"PaFuSalienceHeadLoader": "PaFu Salience Head Loader", "PaFuKVCacheBudget": "PaFu KV Cache Budget",
            "PaFuARChunkSampler": "PaFu AR Chunk Sampler", "PaFuCacheReport": "PaFu Cache Report",
