@@ -237,7 +237,7 @@ def wan_causal_forcing_i2v():
              {"key": "image", "type": "LoadImage", "pos": [0, 560]}]
     nodes += wan_text_nodes(prompt) + wan_head_budget(0, 900)
     nodes += [{"key": "patch", "type": "PaFuKVCachePatch", "pos": [850, 0]},
-              {"key": "i2v", "type": "ARVideoI2V", "pos": [850, 160],
+              {"key": "i2v", "type": "ARVideoI2V", "pos": [850, 300],
                "widgets": {"width": 832, "height": 480, "length": 321, "batch_size": 1}},
               {"key": "note", "type": "MarkdownNote", "pos": [850, 560], "size": [440, 320],
                "text": "**Wan 2.1 Causal Forcing image-to-video with a bounded cache** - built like ComfyUI's own "
@@ -262,9 +262,9 @@ def wan_causal_t2v():
               "widgets": {"unet_name": TEMPLATE_CAUSAL_FORCING["name"], "weight_dtype": "default"}}]
     nodes += wan_text_nodes(prompt) + wan_head_budget(0, 580)
     nodes += [{"key": "patch", "type": "PaFuKVCachePatch", "pos": [850, 0]},
-              {"key": "latent", "type": "EmptyARVideoLatent", "pos": [850, 160],
+              {"key": "latent", "type": "EmptyARVideoLatent", "pos": [850, 300],
                "widgets": {"width": 832, "height": 480, "length": 333, "batch_size": 1}},
-              {"key": "note", "type": "MarkdownNote", "pos": [850, 400], "size": [440, 360],
+              {"key": "note", "type": "MarkdownNote", "pos": [850, 520], "size": [440, 360],
                "text": "**Wan 2.1 causal text-to-video with a bounded cache** on ComfyUI's own AR sampler: the "
                        "Causal Forcing model of ComfyUI's own template (frame-wise: 1 latent frame per block), "
                        "EmptyARVideoLatent (333 frames = 84 latent frames, four times the 21-frame window), "
@@ -381,6 +381,7 @@ def build(url: str, names=None) -> list[str]:
                 continue
             nodes, links = spec()
             graph = page.evaluate(BUILD_JS, {"nodes": nodes, "links": [list(link) for link in links]})
+            graph.setdefault("extra", {})["ds"] = {"scale": 1, "offset": [0, 0]}   # opens at the origin, 100%
             path = os.path.join(WORKFLOWS, name + ".json")
             with open(path, "w") as fh:
                 json.dump(graph, fh, indent=1)
