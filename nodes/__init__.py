@@ -15,7 +15,8 @@ from .timeline import PaFuPromptTimeline
 from .tiny_world import PaFuTinyWorldDecode, PaFuTinyWorldModel, PaFuTinyWorldScene, PaFuTinyWorldStart
 
 NODES = [PaFuSalienceHeadLoader, PaFuKVCacheBudget, PaFuARChunkSampler, PaFuKVCachePatch, PaFuCacheReport,
-         PaFuPromptTimeline, PaFuARCheckpointLoader, PaFuTinyWorldModel, PaFuTinyWorldScene, PaFuTinyWorldStart, PaFuTinyWorldDecode]
+         PaFuPromptTimeline, PaFuARCheckpointLoader, PaFuTinyWorldModel, PaFuTinyWorldScene, PaFuTinyWorldStart,
+         PaFuTinyWorldDecode]
 
 
 class PaFuExtension(ComfyExtension):
