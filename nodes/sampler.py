@@ -15,7 +15,8 @@ import latent_preview
 from comfy_api.latest import io
 
 from ..pafu_core.adapter import WanChunkRunner
-from ..pafu_core.sampler import NOISE_STREAMS, SamplerConfig, check_inputs, parse_timesteps, sample_video
+from ..pafu_core.sampler import (NOISE_STREAMS, SamplerConfig, check_inputs, check_start, parse_timesteps,
+                                 sample_video)
 from ..pafu_core.settings import finite
 from ..pafu_core.timeline import with_changes
 from .comfy_ops import ComfyOps
@@ -78,6 +79,10 @@ class PaFuARChunkSampler(io.ComfyNode):
                 PafuTimeline.Input("timeline", optional=True,
                                    tooltip="Optional prompt changes (PaFu Prompt Timeline): positive holds from "
                                            "latent frame 0, each later prompt from its change frame on."),
+                io.Latent.Input("start", optional=True,
+                                tooltip="Optional image-to-video start: a latent of a few frames (e.g. a VAE-encoded "
+                                        "image) that opens the video; written to the cache first and never "
+                                        "evicted, like core's ARVideoI2V. Same size as 'latent'."),
                 io.Latent.Input("watch", optional=True,
                                 tooltip="Optional: a video the model watches (video prediction). Each chunk is "
                                         "predicted from the cache, then the cache takes this video's chunk "
@@ -90,7 +95,8 @@ class PaFuARChunkSampler(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, positive, latent, cache, seed, chunk_frames, timesteps, context_timestep,
-                head=None, negative=None, cfg=1.0, noise_stream="pafu", watch=None, timeline=None) -> io.NodeOutput:
+                head=None, negative=None, cfg=1.0, noise_stream="pafu", watch=None, timeline=None,
+                start=None) -> io.NodeOutput:
         runner = wan_runner(model)
         finite("cfg", cfg)
         config = SamplerConfig(chunk_frames=chunk_frames, timesteps=parse_timesteps(timesteps),
@@ -100,8 +106,10 @@ class PaFuARChunkSampler(io.ComfyNode):
         if head is not None:
             head.check_backbone(runner)
         samples = latent["samples"]
+        first = model.model.process_latent_in(start["samples"].float()) if start is not None else None
+        given = check_start(first, samples)
         cond = with_changes(positive[0][0], timeline or [])
-        cond.check(samples.shape[2], min(chunk_frames, samples.shape[2]))    # before anything is loaded
+        cond.check(samples.shape[2], min(chunk_frames, samples.shape[2] - given), first=given)   # before loading
         for prompt in cond.contexts:
             check_inputs(runner, prompt, samples)
         observed = None
@@ -115,7 +123,7 @@ class PaFuARChunkSampler(io.ComfyNode):
         policy = cache.build_policy(head.on_device(device) if head is not None else None)
         b, _, frames, h, w = samples.shape
         steps = len(config.timesteps)
-        total = -(-frames // min(chunk_frames, frames)) * steps
+        total = (int(given > 0) + -(-(frames - given) // min(chunk_frames, frames - given))) * steps
         preview = latent_preview.prepare_callback(model, total)
         node_id = cls.hidden.unique_id if cls.hidden is not None else None
 
@@ -132,8 +140,7 @@ class PaFuARChunkSampler(io.ComfyNode):
             result = sample_video(runner, cond, num_frames=frames, height=h, width=w, policy=policy,
                                   budget=cache.cache_budget(), config=config, batch=b, device=device,
                                   step_callback=on_step, chunk_callback=on_chunk, negative=neg, cfg=cfg,
-                                  kv_storage=cache.kv_storage,
-                                  observed=observed)
+                                  kv_storage=cache.kv_storage, observed=observed, start=first)
         except comfy.model_management.InterruptProcessingException:
             logging.info("PaFu AR Chunk Sampler interrupted between denoising steps; cache freed")
             raise

@@ -11,6 +11,7 @@ rollouts under different policies are directly comparable.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -151,6 +152,19 @@ def check_inputs(runner: WanChunkRunner, context: torch.Tensor, noise: torch.Ten
         raise ValueError(f"conditioning batch {context.shape[0]} does not match latent batch {noise.shape[0]}")
 
 
+def check_start(start: torch.Tensor | None, noise: torch.Tensor) -> int:
+    """How many latent frames the start gives (0 without one); refuses a start of another shape."""
+    if start is None:
+        return 0
+    b, c, f, h, w = noise.shape
+    if start.dim() != 5 or start.shape[1] != c or tuple(start.shape[3:]) != (h, w) or start.shape[0] not in (1, b):
+        raise ValueError(f"the start latent has shape {tuple(start.shape)} but the video is {tuple(noise.shape)}: give "
+                         f"[{b} or 1, {c}, frames, {h}, {w}]")
+    if not 1 <= start.shape[2] < f:
+        raise ValueError(f"the start gives {start.shape[2]} latent frames; the video has {f}, so give 1 to {f - 1}")
+    return start.shape[2]
+
+
 def sample_video(runner: WanChunkRunner, context: torch.Tensor | PromptTimeline, *, num_frames: int, height: int,
                  width: int, policy: Policy, budget: CacheBudget | None,
                  config: SamplerConfig = SamplerConfig(), batch: int = 1,
@@ -158,7 +172,8 @@ def sample_video(runner: WanChunkRunner, context: torch.Tensor | PromptTimeline,
                  step_callback: StepCallback | None = None,
                  chunk_callback: ChunkCallback | None = None,
                  negative: torch.Tensor | None = None, cfg: float = 1.0, kv_storage: str = "model",
-                 max_cache_bytes: int | None = None, observed: torch.Tensor | None = None) -> SampleResult:
+                 max_cache_bytes: int | None = None, observed: torch.Tensor | None = None,
+                 start: torch.Tensor | None = None) -> SampleResult:
     """Generate ``num_frames`` latent frames chunk by chunk.
 
     ``context`` is one conditioning for the whole video, or a ``PromptTimeline`` whose prompts change at
@@ -174,6 +189,11 @@ def sample_video(runner: WanChunkRunner, context: torch.Tensor | PromptTimeline,
     each chunk is still generated from the cache, but the cache is then written with the observed
     chunk instead (a world model that sees the real frames after predicting them). Memory is then
     what the policy kept of the real past, not of the model's own drifting rollout.
+
+    ``start`` (optional, [B or 1, C, S, H, W]) gives the video's first S latent frames (an image-to-video
+    start frame): they are written to the cache before anything is generated, the way core's
+    ``ARVideoI2V`` seeds its cache, kept as sink frames whatever the policy says, and returned as they
+    are; chunks are generated from frame S on.
     """
     if not math.isfinite(cfg):
         raise ValueError(f"cfg must be a finite number, got {cfg}")
@@ -196,12 +216,15 @@ def sample_video(runner: WanChunkRunner, context: torch.Tensor | PromptTimeline,
     if num_frames < 1:
         raise ValueError("num_frames must be at least 1")
     tokens_per_frame = runner.tokens_per_frame(height, width)
-    chunk_frames = min(config.chunk_frames, num_frames)
-    timeline.check(num_frames, chunk_frames)
+    given = check_start(start, noise)
+    chunk_frames = min(config.chunk_frames, num_frames - given)
+    timeline.check(num_frames, chunk_frames, first=given)
+    if given and budget is not None:          # the start frames are sinks: never evicted
+        budget = dataclasses.replace(budget, sink_frames=max(budget.sink_frames, given))
     if max_cache_bytes is None:
         max_cache_bytes = device_memory_limit(device)
     cache, report = open_cache(CacheShape.of(runner), policy, budget, batch=rows, tokens_per_frame=tokens_per_frame,
-                               chunk_frames=chunk_frames, total_frames=num_frames, device=device,
+                               chunk_frames=max(chunk_frames, given), total_frames=num_frames, device=device,
                                storage=kv_storage, max_bytes=max_cache_bytes,
                                grid_hw=(height // runner.patch_size[1], width // runner.patch_size[2]))
     sigmas = config.sigmas
@@ -220,7 +243,8 @@ def sample_video(runner: WanChunkRunner, context: torch.Tensor | PromptTimeline,
                     prompt = torch.cat([prompt, neg])
                 return runner.cross_kv(runner.embed_text(prompt))
 
-            segment = None
+            segment = timeline.segment_of(0)
+            cache.cross_kv = cross_kv(timeline.contexts[segment])
 
             def predict(x, t, frame_start, write=False):
                 if not guided:
@@ -231,8 +255,20 @@ def sample_video(runner: WanChunkRunner, context: torch.Tensor | PromptTimeline,
                 cond, uncond = out.float().chunk(2)
                 return uncond + cfg * (cond - uncond)
 
+            if given:                             # the start frames enter the cache as a chunk of their own
+                t0 = time.perf_counter()
+                written = start.to(device=device, dtype=torch.float32).expand(batch, -1, -1, -1, -1)
+                predict(written, torch.full((batch, given), config.context_timestep, device=device), 0, write=True)
+                latents[:, :, :given] = written
+                kept.append(cache.kept_frame_counts(num_frames))
+                synchronize(device)
+                cache.take_nonfinite()
+                stats = cache.chunk_stats(0, 0, given, (time.perf_counter() - t0) * 1e3)
+                report.chunks.append(stats)
+                if chunk_callback is not None:
+                    chunk_callback(stats, written)
             synchronize(device)               # chunk timing starts on an idle device ...
-            for chunk, f0 in enumerate(range(0, num_frames, chunk_frames)):
+            for chunk, f0 in enumerate(range(given, num_frames, chunk_frames), start=1 if given else 0):
                 f1 = min(num_frames, f0 + chunk_frames)
                 t0 = time.perf_counter()
                 if timeline.segment_of(f0) != segment:         # a prompt change: new cross-attention K/V

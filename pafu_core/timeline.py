@@ -36,17 +36,18 @@ class PromptTimeline:
         """A timeline as it is, or one prompt for the whole video."""
         return context if isinstance(context, PromptTimeline) else cls((0,), (context,))
 
-    def check(self, num_frames: int, chunk_frames: int) -> None:
-        """Every change inside the video and on a chunk boundary, in the user's unit (latent frames)."""
+    def check(self, num_frames: int, chunk_frames: int, first: int = 0) -> None:
+        """Every change inside the video and on a chunk boundary (chunks start at ``first``: after the given
+        start frames), in the user's unit (latent frames)."""
         for start in self.starts[1:]:
             if start >= num_frames:
                 raise ValueError(f"a prompt change at latent frame {start} lies past the video's last latent "
                                  f"frame ({num_frames - 1})")
-            if start % chunk_frames:
-                below = start - start % chunk_frames
+            if start < first or (start - first) % chunk_frames:
+                below = first + max(0, start - first) // chunk_frames * chunk_frames
                 raise ValueError(f"a prompt change at latent frame {start} falls inside a chunk of {chunk_frames} "
-                                 f"frames; move it to frame {below} or {below + chunk_frames}, or generate chunks "
-                                 f"of 1 frame")
+                                 f"frames{f' (chunks start after the {first} start frames)' if first else ''}; move "
+                                 f"it to frame {below} or {below + chunk_frames}, or generate chunks of 1 frame")
 
     def segment_of(self, frame: int) -> int:
         """Index of the segment that conditions ``frame``."""

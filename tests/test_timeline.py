@@ -61,3 +61,25 @@ def test_guided_runs_keep_their_negative_across_changes(runner):
 def test_a_change_inside_a_chunk_is_refused_before_any_work(runner):
     with pytest.raises(ValueError, match="falls inside a chunk of 3 frames"):
         run(runner, PromptTimeline((0, 4), (A, B)))
+
+
+def test_a_start_frame_is_written_first_kept_as_a_sink_and_returned_as_given(runner):
+    """Image-to-video: the start latent enters the cache before anything is generated, stays whatever the
+    policy says (a sink), and the video begins with it; what follows depends on it."""
+    first = torch.randn(1, 16, 1, 8, 8, generator=torch.Generator().manual_seed(9))
+    other = torch.randn(1, 16, 1, 8, 8, generator=torch.Generator().manual_seed(10))
+    res = sample_video(runner, A, num_frames=13, height=8, width=8, policy=make_policy("fifo"),
+                       budget=CacheBudget(4), config=SamplerConfig(chunk_frames=3, seed=5), start=first)
+    assert torch.equal(res.latents[:, :, :1], first)
+    assert [(c.frame_start, c.frames) for c in res.report.chunks] == [(0, 1), (1, 3), (4, 3), (7, 3), (10, 3)]
+    kept = res.report.final_kept.view(runner.num_layers, 13, 16)
+    assert kept[:, 0].all() and not kept[:, 1:5].any()             # the start stayed, FIFO let the rest go
+    again = sample_video(runner, A, num_frames=13, height=8, width=8, policy=make_policy("fifo"),
+                         budget=CacheBudget(4), config=SamplerConfig(chunk_frames=3, seed=5), start=other)
+    assert not torch.allclose(again.latents[:, :, 1:], res.latents[:, :, 1:], atol=1e-3)
+    with pytest.raises(ValueError, match="the start latent has shape"):
+        run(runner, A, start=torch.zeros(1, 16, 1, 4, 4))
+    with pytest.raises(ValueError, match="give 1 to 11"):
+        run(runner, A, start=torch.zeros(1, 16, 12, 8, 8))
+    with pytest.raises(ValueError, match=r"chunks start after the 1 start frames\); move it to frame 4 or 7"):
+        run(runner, PromptTimeline((0, 6), (A, B)), start=first)

@@ -248,3 +248,21 @@ def test_prompt_timeline_through_the_sampler_node(pack):
         run(nodes["PaFuPromptTimeline"], change_frames="6, 9", prompt_2=red)
     with pytest.raises(ValueError, match="whole latent frames"):
         run(nodes["PaFuPromptTimeline"], change_frames="six", prompt_2=red)
+
+
+def test_start_latent_through_the_sampler_node(pack):
+    """An image-to-video start through the node: the video opens with it (in ComfyUI's latent space), the
+    start stays in the cache, and a start of another size is refused before anything runs."""
+    _, nodes = pack
+    from comfy_extras.nodes_model_advanced import ModelSamplingSD3
+    (model,) = ModelSamplingSD3().patch(run(nodes["PaFuTinyWorldModel"])[0], 5.0)
+    teal, latent, world = run(nodes["PaFuTinyWorldScene"], style="teal", latent_frames=13, batch_size=1)
+    start = {"samples": world["samples"][:, :, :1]}
+    cache = run(nodes["PaFuKVCacheBudget"], policy="fifo", budget=4, budget_unit="latent_frames", sink_frames=0)[0]
+    args = dict(model=model, positive=teal, latent=latent, cache=cache, seed=3, chunk_frames=3,
+                timesteps="1000,750,500,250", context_timestep=0.0)
+    out, report = run(nodes["PaFuARChunkSampler"], start=start, **args)
+    assert torch.allclose(out["samples"][:, :, :1], start["samples"], atol=1e-5)
+    assert report.final_kept.view(report.num_layers, 13, -1)[:, 0].all()
+    with pytest.raises(ValueError, match="the start latent has shape"):
+        run(nodes["PaFuARChunkSampler"], start={"samples": world["samples"][:, :, :1, :4, :4]}, **args)

@@ -20,7 +20,7 @@ EXPECTED_INPUTS = {
     "PaFuARChunkSampler": {"model": "MODEL", "positive": "CONDITIONING", "latent": "LATENT", "cache": "PAFU_CACHE",
                            "seed": "INT", "chunk_frames": "INT", "timesteps": "STRING", "context_timestep": "FLOAT",
                            "head": "PAFU_HEAD", "negative": "CONDITIONING", "cfg": "FLOAT", "noise_stream": "COMBO",
-                           "timeline": "PAFU_TIMELINE", "watch": "LATENT"},
+                           "timeline": "PAFU_TIMELINE", "start": "LATENT", "watch": "LATENT"},
     "PaFuKVCachePatch": {"model": "MODEL", "cache": "PAFU_CACHE", "head": "PAFU_HEAD"},
     "PaFuCacheReport": {"report": "PAFU_REPORT", "frames": "IMAGE", "report_b": "PAFU_REPORT",
                         "report_c": "PAFU_REPORT", "report_d": "PAFU_REPORT"},
