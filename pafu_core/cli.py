@@ -104,32 +104,20 @@ def _number(kind, text: str, what: str):
     return value
 
 
-def positive_int(text: str) -> int:
-    value = _number(int, text, "a whole number")
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
-    return value
+def _bounded(kind, what: str, ok, rule: str):
+    """A ``type=`` validator: ``text`` read as ``kind`` (``what`` names it), refused unless ``ok(value)``."""
+    def parse(text: str):
+        value = _number(kind, text, what)
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"{value if kind is int else format(value, 'g')} {rule}")
+        return value
+    return parse
 
 
-def nonneg_int(text: str) -> int:
-    value = _number(int, text, "a whole number")
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} must be 0 or more")
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = _number(float, text, "a number")
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{value:g} must be more than 0")
-    return value
-
-
-def nonneg_float(text: str) -> float:
-    value = _number(float, text, "a number")
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value:g} must be 0 or more")
-    return value
+positive_int = _bounded(int, "a whole number", lambda v: v >= 1, "must be at least 1")
+nonneg_int = _bounded(int, "a whole number", lambda v: v >= 0, "must be 0 or more")
+positive_float = _bounded(float, "a number", lambda v: v > 0, "must be more than 0")
+nonneg_float = _bounded(float, "a number", lambda v: v >= 0, "must be 0 or more")
 
 
 def fraction_of(frames: int, what: str):

@@ -255,19 +255,26 @@ def sample_video(runner: WanChunkRunner, context: torch.Tensor | PromptTimeline,
                 cond, uncond = out.float().chunk(2)
                 return uncond + cfg * (cond - uncond)
 
+            def close_chunk(chunk: int, f0: int, f1: int, written: torch.Tensor, t0: float, finite=None) -> None:
+                """After a chunk's writing pass: which frames each layer keeps, one host sync, the report's
+                row and the callback; ``finite`` (a device flag) stops a run whose output went non-finite."""
+                kept.append(cache.kept_frame_counts(num_frames))
+                synchronize(device)           # ... and ends on one: one sync per chunk
+                if finite is not None and not finite:
+                    raise FloatingPointError(NONFINITE_HELP.format(chunk=chunk))
+                cache.take_nonfinite()
+                stats = cache.chunk_stats(chunk, f0, f1 - f0, (time.perf_counter() - t0) * 1e3)
+                report.chunks.append(stats)
+                if chunk_callback is not None:
+                    chunk_callback(stats, written)
+
+            synchronize(device)               # chunk timing starts on an idle device ...
             if given:                             # the start frames enter the cache as a chunk of their own
                 t0 = time.perf_counter()
                 written = start.to(device=device, dtype=torch.float32).expand(batch, -1, -1, -1, -1)
                 predict(written, torch.full((batch, given), config.context_timestep, device=device), 0, write=True)
                 latents[:, :, :given] = written
-                kept.append(cache.kept_frame_counts(num_frames))
-                synchronize(device)
-                cache.take_nonfinite()
-                stats = cache.chunk_stats(0, 0, given, (time.perf_counter() - t0) * 1e3)
-                report.chunks.append(stats)
-                if chunk_callback is not None:
-                    chunk_callback(stats, written)
-            synchronize(device)               # chunk timing starts on an idle device ...
+                close_chunk(0, 0, given, written, t0)
             for chunk, f0 in enumerate(range(given, num_frames, chunk_frames), start=1 if given else 0):
                 f1 = min(num_frames, f0 + chunk_frames)
                 t0 = time.perf_counter()
@@ -296,17 +303,7 @@ def sample_video(runner: WanChunkRunner, context: torch.Tensor | PromptTimeline,
                 t_ctx = torch.full((batch, f1 - f0), config.context_timestep, device=device)
                 predict(x_ctx, t_ctx, f0, write=True)
                 latents[:, :, f0:f1] = x0
-                kept.append(cache.kept_frame_counts(num_frames))
-                finite = torch.isfinite(x0).all()
-                synchronize(device)           # ... and ends on one: one sync per chunk
-                if not finite:
-                    raise FloatingPointError(NONFINITE_HELP.format(chunk=chunk))
-                cache.take_nonfinite()
-
-                stats = cache.chunk_stats(chunk, f0, f1 - f0, (time.perf_counter() - t0) * 1e3)
-                report.chunks.append(stats)
-                if chunk_callback is not None:
-                    chunk_callback(stats, written)
+                close_chunk(chunk, f0, f1, written, t0, finite=torch.isfinite(x0).all())
         report.kept_frames = torch.stack(kept).cpu() if kept else None
         report.final_kept = cache.kept_token_mask().cpu()
         return SampleResult(latents=latents, report=report)

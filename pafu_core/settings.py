@@ -19,7 +19,6 @@ from .policies import Policy, make_policy, policy_entry
 DEFAULT_POLICY = "standout"
 
 
-
 @dataclass(frozen=True)
 class CacheSettings:
     policy: str = DEFAULT_POLICY

@@ -7,11 +7,16 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def run_python(code: str) -> subprocess.CompletedProcess:
+    """``code`` in a fresh interpreter at the checkout's root (nothing this test process imported leaks in)."""
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
 def test_core_imports_no_comfyui_module():
     code = ("import sys, pafu_core, pafu_lab.distill, pafu_lab.demo, pafu_lab.world.train, pafu_lab.world.evaluate;"
             "bad = [m for m in sys.modules if m.split('.')[0] in ('comfy', 'comfy_api', 'folder_paths', 'server', "
             "'nodes', 'latent_preview')]; print(bad); sys.exit(1 if bad else 0)")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = run_python(code)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -20,7 +25,7 @@ def test_package_entry_point_imports_outside_comfyui():
     code = ("import importlib.util, sys; spec = importlib.util.spec_from_file_location('pack', '__init__.py', "
             "submodule_search_locations=['.']); m = importlib.util.module_from_spec(spec); sys.modules['pack'] = m; "
             "spec.loader.exec_module(m); print(m.WEB_DIRECTORY)")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = run_python(code)
     assert proc.returncode == 0 and "./web" in proc.stdout, proc.stderr
 
 
@@ -28,7 +33,7 @@ def test_entry_point_loads_as_a_plain_module_too():
     """pytest (or a checkout folder like `ComfyUI-PaFuKV`, no valid package name) may load it bare."""
     code = ("import importlib.util; spec = importlib.util.spec_from_file_location('bare', '__init__.py');"
             "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); print(m.WEB_DIRECTORY)")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = run_python(code)
     assert proc.returncode == 0 and "./web" in proc.stdout, proc.stderr
 
 
@@ -124,7 +129,7 @@ def test_runtime_never_reaches_the_research():
     code = ("import sys, pkgutil, importlib, pafu_core; "
             "[importlib.import_module(m.name) for m in pkgutil.walk_packages(pafu_core.__path__, 'pafu_core.')]; "
             "bad = [m for m in sys.modules if m.startswith('pafu_lab')]; print(bad); sys.exit(1 if bad else 0)")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = run_python(code)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 

@@ -139,7 +139,7 @@ def core_ar_log_lines(comfy) -> list[str]:
 def fresh_page(comfy, browser):
     """A page in a browser context of its own (no tabs left by other tests), wide enough to show a graph
     at 100% zoom."""
-    context = browser.new_context(viewport={"width": 2000, "height": 1000})
+    context = browser.new_context(viewport={"width": 2000, "height": 1100})
     pg = context.new_page()
     pg.goto(comfy.url, wait_until="networkidle")
     pg.wait_for_function("window.app && window.app.graph", timeout=120_000)
@@ -148,17 +148,22 @@ def fresh_page(comfy, browser):
     context.close()
 
 
+def load_alone(page, path: str) -> str:
+    """Load a workflow file as the page's only tab (named after the file); returns that name."""
+    name = os.path.basename(path).removesuffix(".json")
+    page.evaluate("async ([g, name]) => { await app.loadGraphData(g, true, true, name); }", [json.load(open(path)), name])
+    page.evaluate("""async () => { const w = app.extensionManager.workflow;
+        for (const t of [...w.openWorkflows]) if (t !== w.activeWorkflow) await w.closeWorkflow(t, {warnIfUnsaved: false}); }""")
+    assert page.evaluate("() => app.extensionManager.workflow.openWorkflows.length") == 1
+    return name
+
+
 def test_core_ar_workflow_runs_with_a_bounded_cache(fresh_page, comfy, output_dir, artifacts):
     """Core's UNETLoader -> PaFu KV Cache Patch -> SamplerARVideo, 360 frames (10x the training clip); the
     README's screenshot of it is taken here, at 100% zoom, one tab, the output preview showing."""
     page = fresh_page
     before = len(core_ar_log_lines(comfy))
-    path = next(w for w in TINY if "core_ar" in w)
-    page.evaluate("async (g) => { await app.loadGraphData(g, true, true, 'pafu_tiny_world_core_ar'); }",
-                  json.load(open(path)))
-    page.evaluate("""async () => { const w = app.extensionManager.workflow;
-        for (const t of [...w.openWorkflows]) if (t !== w.activeWorkflow) await w.closeWorkflow(t, {warnIfUnsaved: false}); }""")
-    assert page.evaluate("() => app.extensionManager.workflow.openWorkflows.length") == 1
+    load_alone(page, next(w for w in TINY if "core_ar" in w))
     entry = queue_from_frontend(page, comfy)
     assert entry["status"]["status_str"] == "success", entry["status"]
     video = read_webp(output_files(entry, output_dir, "pafu_tiny_core_ar")[0])
@@ -238,32 +243,22 @@ TEMPLATE_NAMES = {"causal_forcing-framewise.safetensors", "umt5_xxl_fp8_e4m3fn_s
 
 
 @pytest.mark.parametrize("path", WAN21, ids=os.path.basename)
-def test_wan_workflow_thumbnail_and_models_declared(browser, comfy, artifacts, path):
+def test_wan_workflow_thumbnail_and_models_declared(fresh_page, artifacts, path):
     """The real-Wan workflows cannot run here (no weights): their thumbnails are screenshots of the loaded
     graph (one tab, the missing-models panel dismissed, at a zoom where node text still renders), and every
     model they declare is one ComfyUI's own templates name, with its URL."""
-    context = browser.new_context(viewport={"width": 2000, "height": 1100})
-    page = context.new_page()
-    try:
-        page.goto(comfy.url, wait_until="networkidle")
-        page.wait_for_function("window.app && window.app.graph", timeout=120_000)
-        name = os.path.basename(path).removesuffix(".json")
-        page.evaluate("async ([g, name]) => { await app.loadGraphData(g, true, true, name); }",
-                      [json.load(open(path)), name])
-        page.evaluate("""async () => { const w = app.extensionManager.workflow;
-            for (const t of [...w.openWorkflows]) if (t !== w.activeWorkflow) await w.closeWorkflow(t, {warnIfUnsaved: false}); }""")
-        page.wait_for_timeout(1500)
-        panel = page.get_by_role("button", name="Dismiss")
-        missing = panel.count()
-        if missing:
-            panel.first.click()
-        close_dialogs(page)
-        page.evaluate("() => { const s = 0.75; app.canvas.ds.scale = s; app.canvas.ds.offset = [70 / s, 80 / s];"
-                      " app.canvas.setDirty(true, true); }")
-        page.wait_for_timeout(800)
-        page.screenshot(path=os.path.join(artifacts, name + ".jpg"), type="jpeg", quality=85)
-    finally:
-        context.close()
+    page = fresh_page
+    name = load_alone(page, path)
+    page.wait_for_timeout(1500)
+    panel = page.get_by_role("button", name="Dismiss")
+    missing = panel.count()
+    if missing:
+        panel.first.click()
+    close_dialogs(page)
+    page.evaluate("() => { const s = 0.75; app.canvas.ds.scale = s; app.canvas.ds.offset = [70 / s, 80 / s];"
+                  " app.canvas.setDirty(true, true); }")
+    page.wait_for_timeout(800)
+    page.screenshot(path=os.path.join(artifacts, name + ".jpg"), type="jpeg", quality=85)
     nodes = json.load(open(path))["nodes"]
     declared = {m["name"] for n in nodes for m in n.get("properties", {}).get("models", [])}
     assert declared and declared <= TEMPLATE_NAMES, declared
