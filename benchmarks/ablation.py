@@ -22,14 +22,14 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from pafu_core.cli import Parser, fraction_of, list_of, nonneg_float, one_of, output_dir, positive_int, run_cli  # noqa: E402,E501
+from pafu_core.cli import Parser, existing_file, fraction_of, list_of, nonneg_float, one_of, output_dir, positive_int, run_cli  # noqa: E402,E501
 from pafu_lab.distill import DistillConfig, distill  # noqa: E402
 from pafu_core.salience import load_head, save_head  # noqa: E402
 from pafu_core.world import assets  # noqa: E402
 from pafu_lab.assets import TEACHER  # noqa: E402
 from pafu_lab.world.clips import world_clips  # noqa: E402
 from pafu_lab.world.evaluate import TUNING_SEED, check_budget_fraction, world_frames  # noqa: E402
-from pafu_core.world.scenes import DEFAULT_WORLD  # noqa: E402
+from pafu_core.world.scenes import DEFAULT_WORLD, WORLDS  # noqa: E402
 
 #: the ablation's base recipe; every variant below changes one thing (``SHIPPED`` is the committed head's)
 BASE = dict(student=assets.STUDENT, teacher=TEACHER, contexts="tiny_world", rollouts=28, heldout=4,
@@ -38,7 +38,8 @@ BASE = dict(student=assets.STUDENT, teacher=TEACHER, contexts="tiny_world", roll
             eval_budget=0, seed=0)
 SHIPPED = "recency"
 #: the policies every head is scored beside
-QUALITY_POLICIES = ("fifo", "sink_window", "random", "oracle_world", "oracle_causal")
+QUALITY_POLICIES = ("fifo", "sink_window", "standout", "random", "standout_open", "tell_rule", "oracle_world",
+                    "oracle_causal")
 #: the shipped head's fixed recency term (salience per frame of age), chosen with --recency-sweep on the tuning seed
 RECENCY = 0.05
 VARIANTS = {
@@ -51,6 +52,7 @@ VARIANTS = {
     "no_age": dict(rescore_inputs=("entry", "newer")),
     "more_data": dict(rollouts=56, heldout=8, steps=1200, rescore_steps=1200),
     "recency": dict(rollouts=56, heldout=8, steps=1200, rescore_steps=1200, recency=RECENCY),   # the shipped head
+    "monotone_age": dict(rollouts=56, heldout=8, steps=1200, rescore_steps=1200, age_form="monotone"),
     "superseded": dict(rollouts=56, heldout=8, steps=1200, rescore_steps=1200, sse_supersede=True),
     "long_clips": dict(rollouts=56, heldout=8, steps=1200, rescore_steps=1200, rollout_frames=144),
     "world_clips": dict(clips="world"),            # world clips instead of the student's rollouts (--no-watched)
@@ -80,7 +82,12 @@ def main(argv=None):
                    help="comma-separated recency terms: score the first variant's head with each (same weights)")
     p.add_argument("--watched", action=argparse.BooleanOptionalAction, default=True,
                    help="the benchmark's setting: the model watches the world, so every head learns from world clips")
+    p.add_argument("--world", choices=sorted(WORLDS), default=DEFAULT_WORLD.name,
+                   help="the world whose clips the heads learn from and are scored on")
+    p.add_argument("--student", type=existing_file, default=assets.STUDENT,
+                   help="the causal student trained on that world (default: the committed one)")
     args = p.parse_args(argv)
+    world = WORLDS[args.world]
     for b in args.budgets:                   # the scoring below runs sink_window: checked before any distillation
         check_budget_fraction(b, QUALITY_POLICIES, flag="--budgets")
     output_dir(args.out, "--out")
@@ -88,12 +95,12 @@ def main(argv=None):
     rollouts = os.path.join(args.out, "rollouts.safetensors")
     heads = {}
     for name in dict.fromkeys(args.variants):
-        fields = dict(BASE, **VARIANTS[name])
+        fields = dict(BASE, student=args.student, **VARIANTS[name])
         if fields.get("clips") == "world" or args.watched:
             path = os.path.join(args.out, f"world_clips_{fields['rollouts']}x{fields['rollout_frames']}.safetensors")
             if not os.path.exists(path):
                 from safetensors.torch import save_file
-                lat, ctx = world_clips(fields["rollouts"], fields["rollout_frames"], seed=7)
+                lat, ctx = world_clips(fields["rollouts"], fields["rollout_frames"], seed=7, cfg=world)
                 save_file({"latents": lat.contiguous(), "context": ctx.contiguous()}, path)
             fields["clips"] = path
         elif os.path.exists(rollouts):
@@ -115,7 +122,8 @@ def main(argv=None):
     bench_quality.main(["--videos", str(args.videos), "--frames", str(args.frames), "--seed", str(args.seed),
                         "--budgets", ",".join(map(repr, args.budgets)), "--policies", ",".join(QUALITY_POLICIES),
                         "--heads", ",".join(f"{k}={v}" for k, v in heads.items()),
-                        "--head", heads.get(SHIPPED, assets.HEAD), "--out", os.path.join(args.out, "quality"),
+                        "--head", heads.get(SHIPPED, next(iter(heads.values()))), "--out", os.path.join(args.out, "quality"),
+                        "--world", world.name, "--student", args.student,
                         "--watched" if args.watched else "--no-watched"])
 
 

@@ -33,7 +33,7 @@ from pafu_lab.world.evaluate import (BUDGETED, EVAL_SEED, HEURISTICS, ORACLES, T
                                       check_budget_fraction, check_policies, compare_to_reference,
                                       load_world_models, mean_ci, paired, rollouts, table, world_frames)
 from pafu_lab.world.metrics import CHANCE  # noqa: E402
-from pafu_core.world.scenes import DEFAULT_WORLD  # noqa: E402
+from pafu_core.world.scenes import DEFAULT_WORLD, WORLDS  # noqa: E402
 
 
 def verdicts(rows, budgets, learned: list[str]) -> tuple[str, dict]:
@@ -92,6 +92,10 @@ def main(argv=None):
                    help="extra heads to compare, as name=path,... (run as policy pafu[name])")
     p.add_argument("--head", type=existing_file, default=None,
                    help="the head that the policy 'pafu' uses (default: the committed one)")
+    p.add_argument("--student", type=existing_file, default=None,
+                   help="the causal student to roll out (default: the committed one)")
+    p.add_argument("--world", choices=sorted(WORLDS), default=DEFAULT_WORLD.name,
+                   help="the world the videos come from (its student and head must be trained on it)")
     p.add_argument("--seed", type=int, default=EVAL_SEED, help="noise seed of the batch (default: the evaluation seed)")
     p.add_argument("--kv-storage", default="model", choices=("model", "int8"))
     p.add_argument("--watched", action=argparse.BooleanOptionalAction, default=True,
@@ -109,14 +113,17 @@ def main(argv=None):
     torch.set_grad_enabled(False)
     os.makedirs(args.out, exist_ok=True)
     kw = {"head_path": args.head} if args.head else {}
+    if args.student:
+        kw["student_path"] = args.student
     student, head = load_world_models(**kw)
     heads = {"pafu": head}
     for name, path in args.heads:
         heads[f"pafu[{name}]"] = load_head(path)
         heads[f"pafu[{name}]"].check_backbone(student)
         policies.append(f"pafu[{name}]")
-    batch = Batch(seed=args.seed, frames=args.frames, styles=[i % DEFAULT_WORLD.num_styles for i in range(args.videos)],
-                  watched=args.watched)
+    world = WORLDS[args.world]
+    batch = Batch(seed=args.seed, frames=args.frames, styles=[i % world.num_styles for i in range(args.videos)],
+                  watched=args.watched, world=world)
     bar = tqdm(total=1 + len(budgets) * len(policies), desc="batched rollouts")
     refs = rollouts(student, None, "keep_all", None, batch, kv_storage=args.kv_storage)
     bar.update()
@@ -135,7 +142,7 @@ def main(argv=None):
     text, summary = verdicts(rows, budgets, learned)
     mode = ("watching the world (the cache holds its real frames)" if args.watched
             else "free rollouts (the cache holds the model's own frames)")
-    header = (f"tiny world, {mode}, {args.frames} latent frames, {args.videos} videos (seed {args.seed}), budgets as "
+    header = (f"tiny world {world.name}, {mode}, {args.frames} latent frames, {args.videos} videos (seed {args.seed}), budgets as "
               f"fractions of the {DEFAULT_WORLD.clip_frames}-frame training clip, K/V storage {args.kv_storage}, "
               f"CPU threads {torch.get_num_threads()}; chance = {CHANCE:.3f}")
     report = header + "\n\n" + table(rows) + "\n\n" + TABLE_LEGEND + "\n\n" + text

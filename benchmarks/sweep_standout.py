@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from pafu_core.policies import Standout  # noqa: E402
 from pafu_lab.charts import plot_sweep  # noqa: E402
 from pafu_lab.world.evaluate import TUNING_SEED, Batch, load_world_models, mean_std, rollouts  # noqa: E402
-from pafu_core.world.scenes import DEFAULT_WORLD  # noqa: E402
+from pafu_core.world.scenes import DEFAULT_WORLD, WORLDS  # noqa: E402
 
 PLATEAU_TOLERANCE = 0.03
 
@@ -58,15 +58,18 @@ def main(argv=None):
     p.add_argument("--values", default="0,0.05,0.1,0.2,0.4,0.8,1.6,3.2",
                    help="recency values, salience per budget window (sorted ascending)")
     p.add_argument("--seed", type=int, default=TUNING_SEED, help="noise seed (default: the tuning seed)")
+    p.add_argument("--world", choices=sorted(WORLDS), default=DEFAULT_WORLD.name)
+    p.add_argument("--student", default=None, help="the causal student trained on that world (default: the committed one)")
     p.add_argument("--out", default="out/sweep_standout")
     args = p.parse_args(argv)
     torch.set_grad_enabled(False)
     budgets = [float(b) for b in args.budgets.split(",")]
     values = sorted(float(v) for v in args.values.split(","))
     os.makedirs(args.out, exist_ok=True)
-    student, _ = load_world_models()
-    batch = Batch(seed=args.seed, frames=args.frames, watched=True,
-                  styles=[i % DEFAULT_WORLD.num_styles for i in range(args.videos)])
+    student, _ = load_world_models(**({"student_path": args.student} if args.student else {}))
+    world = WORLDS[args.world]
+    batch = Batch(seed=args.seed, frames=args.frames, watched=True, world=world,
+                  styles=[i % world.num_styles for i in range(args.videos)])
     scores: dict[float, list[float]] = {}
     lines = ["| recency per window | " + " | ".join(f"{100 * b:g}%" for b in budgets) + " |",
              "|---|" + "---|" * len(budgets)]
@@ -83,7 +86,7 @@ def main(argv=None):
     best = robust_choice(values, scores)
     peak = max(values, key=lambda v: sum(scores[v]))
     ok, why = plateau(values, scores, best)
-    text = (f"standout recency sweep: tiny world watched, {args.frames} frames, {args.videos} videos (seed {args.seed}), "
+    text = (f"standout recency sweep: tiny world {world.name} watched, {args.frames} frames, {args.videos} videos (seed {args.seed}), "
             f"primary score per budget\n\n" + "\n".join(lines) + f"\n\nchosen: {best:g} per window (the best worst "
             f"score over half to twice the value: {min(min(scores[u]) for u in neighbourhood(values, best)):.3f}; its "
             f"mean over budgets {sum(scores[best]) / len(budgets):.3f}); the best mean is {peak:g} "

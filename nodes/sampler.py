@@ -109,7 +109,7 @@ class PaFuARChunkSampler(io.ComfyNode):
         first = model.model.process_latent_in(start["samples"].float()) if start is not None else None
         given = check_start(first, samples)
         cond = with_changes(positive[0][0], timeline or [])
-        cond.check(samples.shape[2], min(chunk_frames, samples.shape[2] - given), first=given)   # before loading
+        cond.check(samples.shape[2], first=given)   # before loading
         for prompt in cond.contexts:
             check_inputs(runner, prompt, samples)
         observed = None

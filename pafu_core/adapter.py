@@ -88,15 +88,33 @@ class WanChunkRunner:
         return self.model.text_embedding(context.to(self.dtype))
 
     def cross_kv(self, text: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Per-layer cross-attention K/V of the embedded text: computed once per generation."""
-        b, l, _ = text.shape
+        """Per-layer cross-attention K/V of the embedded text [B, L, C]: computed once per prompt. Text per
+        latent frame [B, F, L, C] gives K/V per frame [B, F, L, H, D]: each frame's tokens then attend to
+        their own frame's text (a prompt timeline whose unit is the latent frame)."""
+        lead, l = text.shape[:-2], text.shape[-2]
         out = []
         for blk in self.model.blocks:
             ca = blk.cross_attn
-            k = ca.norm_k(ca.k(text)).view(b, l, self.num_heads, self.head_dim)
-            v = ca.v(text).view(b, l, self.num_heads, self.head_dim)
+            k = ca.norm_k(ca.k(text)).view(*lead, l, self.num_heads, self.head_dim)
+            v = ca.v(text).view(*lead, l, self.num_heads, self.head_dim)
             out.append((k, v))
         return out
+
+    @staticmethod
+    def cross_frames(cross_kv, f0: int, f1: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Frames [f0, f1) of per-frame cross-attention K/V; one text's K/V serve every chunk as they are."""
+        return [(k, v) if k.dim() == 4 else (k[:, f0:f1], v[:, f0:f1]) for k, v in cross_kv]
+
+    def cross_attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, frames: int) -> torch.Tensor:
+        """Cross-attention of q [B, S, H, D] to one text's K/V [B, L, H, D], or, with K/V per frame
+        [B, F, L, H, D], of each frame's tokens to their own frame's text (S = F x tokens per frame)."""
+        if k.dim() == 4:
+            return self.ops.attention(q, k, v)
+        b, s, n, d = q.shape
+        if k.shape[1] != frames or s % frames:
+            raise ValueError(f"per-frame conditioning covers {k.shape[1]} latent frames, the pass has {frames}")
+        out = self.ops.attention(q.reshape(b * frames, s // frames, n, d), k.flatten(0, 1), v.flatten(0, 1))
+        return out.reshape(b, s, -1)
 
     def embed_time(self, timestep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """timestep [B, F] (0..1000) -> e [B, F, C] for the head, e0 [B, F, 6, C] for the blocks."""
@@ -125,7 +143,7 @@ class WanChunkRunner:
             ca = blk.cross_attn
             cq = ca.norm_q(ca.q(blk.norm3(x))).view(b, s, n, d)
             ck, cv = cross_kv[i]
-            x = x + ca.o(self.ops.attention(cq, ck, cv))
+            x = x + ca.o(self.cross_attend(cq, ck, cv, frames))
             y = blk.ffn(_modulate(blk.norm2(x), e[3], e[4], frames))
             x = _gate(x, y, e[5], frames)
         return x

@@ -11,6 +11,9 @@ salient views of the same place have replaced can make room, and age trades agai
 learned way. An optional fixed ``recency`` term (salience per frame, in the file) is added on top:
 the re-scorer learns ages seen in its training clips only, and the term keeps ranking old tokens
 below young ones far past them (chosen on the tuning seed, see ``benchmarks/ablation.py``).
+``age_form="monotone"`` instead keeps age out of the MLP and subtracts a learned, never negative
+multiple of log(1 + age / age_unit) per layer: an age effect whose form cannot turn around however far
+past the training clips a token has lived.
 
 File: safetensors only (never pickle). The header's ``__metadata__["pafu"]`` holds JSON: format
 version, model family, the backbone's shape and fingerprint, input features, the re-scoring
@@ -40,6 +43,8 @@ MODEL_FAMILY = "wan2.1"
 FEATURES = ("keys", "values", "hidden")
 BACKBONE_FIELDS = ("dim", "num_heads", "num_layers", "patch_size")
 RESCORE_INPUTS = ("entry", "newer", "age")   # entry salience, newest salience at the place, age
+#: how age enters the re-scorer: as an MLP input ("input"), or as a learned monotone decay ("monotone")
+AGE_FORMS = ("input", "monotone")
 #: bounds on what a head file may declare (a Wan 14B has 40 layers of dim 5120)
 MAX_LAYERS, MAX_DIM, MAX_HIDDEN = 256, 65_536, 65_536
 
@@ -59,6 +64,7 @@ class HeadConfig:
     age_unit: float = float(REFERENCE_FRAMES)   # frames: ages enter the re-scorer as age / age_unit
     recency: float = 0.0        # salience per latent frame: entry-only heads add it per frame of recency,
                                 # re-scoring heads subtract it per frame of age from the re-scorer's output
+    age_form: str = "input"     # see AGE_FORMS and the module docstring
     training: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -83,6 +89,17 @@ class HeadConfig:
             raise ValueError(f"age_unit must be positive, got {self.age_unit}")
         if self.recency < 0:
             raise ValueError(f"recency must be >= 0, got {self.recency}")
+        if self.age_form not in AGE_FORMS:
+            raise ValueError(f"age_form must be one of {AGE_FORMS}, got {self.age_form!r}")
+        if self.rescore and not self.mlp_inputs:
+            raise ValueError(f"a monotone age needs another re-scoring input besides age, got {self.rescore_inputs}")
+
+    @property
+    def mlp_inputs(self) -> tuple[str, ...]:
+        """What the re-scoring MLP reads: the re-scoring inputs, less age when age is a monotone decay."""
+        if self.age_form == "monotone":
+            return tuple(i for i in self.rescore_inputs if i != "age")
+        return self.rescore_inputs
 
     @property
     def in_features(self) -> int:
@@ -96,7 +113,9 @@ class HeadConfig:
         lyr, i, h, o, r = self.num_layers, self.in_features, self.hidden, self.out_features, self.rescore_hidden
         shapes = {"w1": (lyr, i, h), "b1": (lyr, 1, h), "w2": (lyr, h, o), "b2": (lyr, 1, o)}
         if self.rescore:
-            shapes.update({"r1": (lyr, len(self.rescore_inputs), r), "rb1": (lyr, 1, r), "r2": (lyr, r, 1), "rb2": (lyr, 1, 1)})
+            shapes.update({"r1": (lyr, len(self.mlp_inputs), r), "rb1": (lyr, 1, r), "r2": (lyr, r, 1), "rb2": (lyr, 1, 1)})
+            if self.age_form == "monotone":
+                shapes["age_w"] = (lyr, 1, 1)
         return shapes
 
     def backbone(self) -> dict:
@@ -109,7 +128,8 @@ class HeadConfig:
                 "input_features": list(self.input_features), "hidden": self.hidden,
                 "per_head": self.per_head, "rescore": self.rescore, "rescore_hidden": self.rescore_hidden,
                 "rescore_inputs": list(self.rescore_inputs),
-                "age_unit": self.age_unit, "recency": self.recency, "training": self.training}
+                "age_unit": self.age_unit, "recency": self.recency, "age_form": self.age_form,
+                "training": self.training}
 
 
 def backbone_fingerprint(backbone: dict) -> str:
@@ -131,7 +151,7 @@ class SalienceHead(nn.Module):
         for name, shape in cfg.tensor_shapes().items():
             if tensors is not None:
                 value = tensors[name].to(torch.float32)
-            elif name[0] == "b" or name.startswith("rb"):
+            elif name[0] == "b" or name.startswith("rb") or name == "age_w":
                 value = torch.zeros(shape)
             else:
                 value = torch.randn(shape) / shape[1] ** 0.5
@@ -193,10 +213,13 @@ class SalienceHead(nn.Module):
         if not self.rescores:
             raise RuntimeError("this salience head scores tokens once, on entry (rescore is off)")
         given = {"entry": entry, "newer": newer, "age": age / self.config.age_unit}
-        x = torch.stack([given[i] for i in self.config.rescore_inputs], dim=-1).to(self.r1.dtype)
+        x = torch.stack([given[i] for i in self.config.mlp_inputs], dim=-1).to(self.r1.dtype)
         shape = x.shape[:-1]
-        out = _mlp(x.reshape(shape[0], -1, x.shape[-1]), self.r1, self.rb1, self.r2, self.rb2)
-        return out.view(shape)
+        out = _mlp(x.reshape(shape[0], -1, x.shape[-1]), self.r1, self.rb1, self.r2, self.rb2).view(shape)
+        if self.config.age_form == "monotone":
+            decay = F.softplus(self.age_w).view(-1, *([1] * (out.dim() - 1)))
+            out = out - decay * torch.log1p(given["age"].clamp_min(0).to(out.dtype))
+        return out
 
     def param_count(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -263,6 +286,9 @@ def _config_from_metadata(meta: dict, fail) -> HeadConfig:
     features = need(meta, "input_features", list)
     rescore = need(meta, "rescore", bool) if version >= 2 else False
     inputs = need(meta, "rescore_inputs", list) if rescore else list(RESCORE_INPUTS)
+    age_form = meta.get("age_form", "input")
+    if age_form not in AGE_FORMS:
+        fail(f"its metadata field 'age_form' should be one of {AGE_FORMS}, got {age_form!r}")
     numbers = {}
     for key, default in (("age_unit", float(REFERENCE_FRAMES)), ("recency", 0.0)):
         value = meta.get(key, default)
@@ -275,7 +301,7 @@ def _config_from_metadata(meta: dict, fail) -> HeadConfig:
                           hidden=count(meta, "hidden", MAX_HIDDEN), per_head=need(meta, "per_head", bool),
                           rescore=rescore,
                           rescore_hidden=count(meta, "rescore_hidden", MAX_HIDDEN) if rescore else 16,
-                          rescore_inputs=tuple(inputs),
+                          rescore_inputs=tuple(inputs), age_form=age_form,
                           training=meta.get("training") if isinstance(meta.get("training"), dict) else {},
                           **numbers)
     except (TypeError, ValueError) as e:

@@ -24,7 +24,7 @@ from .adapter import WanChunkRunner
 from .cache import CacheBudget, CacheShape, open_cache
 from .policies import Policy
 from .report import CacheReport, ChunkStats
-from .timeline import PromptTimeline
+from .timeline import FramePrompts, PromptTimeline, as_prompts
 from .timing import synchronize
 
 #: timestep of pure noise (sigma 1): Wan's timesteps run in (0, TIMESTEP_SCALE]
@@ -135,9 +135,9 @@ NONFINITE_HELP = ("the model produced NaN or infinite values at chunk {chunk}; l
 
 
 def check_inputs(runner: WanChunkRunner, context: torch.Tensor, noise: torch.Tensor) -> None:
-    if context.ndim != 3 or context.shape[-1] != runner.text_dim:
-        raise ValueError(f"conditioning must be [batch, tokens, {runner.text_dim}] (umT5 width), "
-                         f"got {tuple(context.shape)}")
+    if context.ndim not in (3, 4) or context.shape[-1] != runner.text_dim:
+        raise ValueError(f"conditioning must be [batch, tokens, {runner.text_dim}] (umT5 width), or one per latent "
+                         f"frame [batch, frames, tokens, {runner.text_dim}]; got {tuple(context.shape)}")
     if noise.ndim != 5:
         raise ValueError(f"the sampler needs a video latent [batch, channels, frames, height, width], "
                          f"got shape {tuple(noise.shape)}")
@@ -165,7 +165,7 @@ def check_start(start: torch.Tensor | None, noise: torch.Tensor) -> int:
     return start.shape[2]
 
 
-def sample_video(runner: WanChunkRunner, context: torch.Tensor | PromptTimeline, *, num_frames: int, height: int,
+def sample_video(runner: WanChunkRunner, context: torch.Tensor | PromptTimeline | FramePrompts, *, num_frames: int, height: int,
                  width: int, policy: Policy, budget: CacheBudget | None,
                  config: SamplerConfig = SamplerConfig(), batch: int = 1,
                  device: torch.device | str | None = None, noise: torch.Tensor | None = None,
@@ -176,8 +176,9 @@ def sample_video(runner: WanChunkRunner, context: torch.Tensor | PromptTimeline,
                  start: torch.Tensor | None = None) -> SampleResult:
     """Generate ``num_frames`` latent frames chunk by chunk.
 
-    ``context`` is one conditioning for the whole video, or a ``PromptTimeline`` whose prompts change at
-    chunk boundaries (the cross-attention keys and values are recomputed at each change).
+    ``context`` is one conditioning [B, L, C] for the whole video, one per latent frame [B, F, L, C] (or
+    ``FramePrompts``), or a ``PromptTimeline``; the cross-attention keys and values are recomputed where
+    the prompt changes, and a chunk whose frames differ attends frame by frame.
     ``noise`` (optional) fixes the initial noise [B, C, F, H, W]; otherwise it is drawn from the
     seeded generator. With ``cfg`` != 1 the ``negative`` conditioning runs as a second half of the
     batch with its own cache rows (classifier-free guidance, for models not distilled without it).
@@ -197,7 +198,7 @@ def sample_video(runner: WanChunkRunner, context: torch.Tensor | PromptTimeline,
     """
     if not math.isfinite(cfg):
         raise ValueError(f"cfg must be a finite number, got {cfg}")
-    timeline = PromptTimeline.of(context)
+    timeline = as_prompts(context)
     device = torch.device(device) if device is not None else timeline.contexts[0].device
     gen = torch.Generator("cpu").manual_seed(config.seed)
     if noise is None:
@@ -218,7 +219,7 @@ def sample_video(runner: WanChunkRunner, context: torch.Tensor | PromptTimeline,
     tokens_per_frame = runner.tokens_per_frame(height, width)
     given = check_start(start, noise)
     chunk_frames = min(config.chunk_frames, num_frames - given)
-    timeline.check(num_frames, chunk_frames, first=given)
+    timeline.check(num_frames, first=given, chunk_frames=chunk_frames)
     if given and budget is not None:          # the start frames are sinks: never evicted
         budget = dataclasses.replace(budget, sink_frames=max(budget.sink_frames, given))
     if max_cache_bytes is None:
@@ -233,18 +234,28 @@ def sample_video(runner: WanChunkRunner, context: torch.Tensor | PromptTimeline,
     try:
         with torch.inference_mode():
             def cross_kv(prompt: torch.Tensor):
-                """The cross-attention K/V of one prompt (and of the negative, as the second half)."""
-                prompt = prompt.to(device).expand(batch, -1, -1)
+                """The cross-attention K/V of one prompt [B, L, C] or one per frame [B, f, L, C] (and of the
+                negative, as the second half)."""
+                prompt = prompt.to(device).expand(batch, *prompt.shape[1:])
                 if guided:
                     neg = negative.to(device).expand(batch, -1, -1)
-                    if neg.shape[1] != prompt.shape[1]:     # pad the shorter text with zeros
-                        n = max(neg.shape[1], prompt.shape[1])
-                        prompt, neg = (torch.nn.functional.pad(c, (0, 0, 0, n - c.shape[1])) for c in (prompt, neg))
+                    if prompt.dim() == 4:
+                        neg = neg.unsqueeze(1).expand(-1, prompt.shape[1], -1, -1)
+                    if neg.shape[-2] != prompt.shape[-2]:     # pad the shorter text with zeros
+                        n = max(neg.shape[-2], prompt.shape[-2])
+                        prompt, neg = (torch.nn.functional.pad(c, (0, 0, 0, n - c.shape[-2])) for c in (prompt, neg))
                     prompt = torch.cat([prompt, neg])
                 return runner.cross_kv(runner.embed_text(prompt))
 
-            segment = timeline.segment_of(0)
-            cache.cross_kv = cross_kv(timeline.contexts[segment])
+            prompt_key = None
+
+            def use_prompts(f0: int, f1: int) -> None:
+                """The chunk's cross-attention K/V, recomputed only where the prompt changes."""
+                nonlocal prompt_key
+                key = timeline.key(f0, f1)
+                if key != prompt_key:
+                    prompt_key = key
+                    cache.cross_kv = cross_kv(timeline.text(f0, f1))
 
             def predict(x, t, frame_start, write=False):
                 if not guided:
@@ -271,6 +282,7 @@ def sample_video(runner: WanChunkRunner, context: torch.Tensor | PromptTimeline,
             synchronize(device)               # chunk timing starts on an idle device ...
             if given:                             # the start frames enter the cache as a chunk of their own
                 t0 = time.perf_counter()
+                use_prompts(0, given)
                 written = start.to(device=device, dtype=torch.float32).expand(batch, -1, -1, -1, -1)
                 predict(written, torch.full((batch, given), config.context_timestep, device=device), 0, write=True)
                 latents[:, :, :given] = written
@@ -278,9 +290,7 @@ def sample_video(runner: WanChunkRunner, context: torch.Tensor | PromptTimeline,
             for chunk, f0 in enumerate(range(given, num_frames, chunk_frames), start=1 if given else 0):
                 f1 = min(num_frames, f0 + chunk_frames)
                 t0 = time.perf_counter()
-                if timeline.segment_of(f0) != segment:         # a prompt change: new cross-attention K/V
-                    segment = timeline.segment_of(f0)
-                    cache.cross_kv = cross_kv(timeline.contexts[segment])
+                use_prompts(f0, f1)
                 x = noise[:, :, f0:f1].to(device=device, dtype=torch.float32)
                 x0 = x
                 for step, sigma in enumerate(sigmas):

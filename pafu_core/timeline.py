@@ -1,10 +1,11 @@
-"""A prompt timeline: the conditioning changes at given latent frames, as an artist schedules prompts.
+"""Conditioning that changes over the video, in latent frames, as an artist schedules prompts.
 
-Each segment holds from its start frame until the next one starts. A chunk is generated under the
-segment its first frame lies in, so every change must fall on a chunk boundary (with chunks of one
-latent frame, on any frame); a change inside a chunk is refused with the nearest boundaries, never
-rounded silently. At a change the sampler recomputes the cross-attention keys and values from the new
-conditioning; the self-attention cache keeps what was generated under the earlier prompts.
+``PromptTimeline``: each segment holds from its start frame until the next one starts. ``FramePrompts``:
+one prompt per latent frame (the tiny world's schedule, per video of the batch). A chunk whose frames
+share one prompt attends to that prompt's cross-attention keys and values; a chunk whose frames differ
+attends frame by frame, each frame's tokens to their own prompt (``WanChunkRunner.cross_attend``), so a
+change may fall on any latent frame. The self-attention cache keeps what was generated under the
+earlier prompts.
 """
 
 from __future__ import annotations
@@ -36,22 +37,77 @@ class PromptTimeline:
         """A timeline as it is, or one prompt for the whole video."""
         return context if isinstance(context, PromptTimeline) else cls((0,), (context,))
 
-    def check(self, num_frames: int, chunk_frames: int, first: int = 0) -> None:
-        """Every change inside the video and on a chunk boundary (chunks start at ``first``: after the given
-        start frames), in the user's unit (latent frames)."""
+    def check(self, num_frames: int, first: int = 0, chunk_frames: int | None = None) -> None:
+        """Every change inside the video and after the ``first`` given start frames, in latent frames; with
+        ``chunk_frames``, every chunk that straddles a change has prompts of one length (before any work)."""
         for start in self.starts[1:]:
             if start >= num_frames:
                 raise ValueError(f"a prompt change at latent frame {start} lies past the video's last latent "
                                  f"frame ({num_frames - 1})")
-            if start < first or (start - first) % chunk_frames:
-                below = first + max(0, start - first) // chunk_frames * chunk_frames
-                raise ValueError(f"a prompt change at latent frame {start} falls inside a chunk of {chunk_frames} "
-                                 f"frames{f' (chunks start after the {first} start frames)' if first else ''}; move "
-                                 f"it to frame {below} or {below + chunk_frames}, or generate chunks of 1 frame")
+            if start < first:
+                raise ValueError(f"a prompt change at latent frame {start} falls inside the {first} given start "
+                                 f"frames; move it to frame {first} or later")
+        if chunk_frames:
+            for start in self.starts[1:]:
+                f0 = first + (start - first) // chunk_frames * chunk_frames
+                self._one_length(self.key(f0, min(num_frames, f0 + chunk_frames)), f0)
+
+    def _one_length(self, segs: tuple[int, ...], f0: int) -> None:
+        lengths = sorted({self.contexts[s].shape[1] for s in segs})
+        if len(lengths) > 1:
+            raise ValueError(f"the chunk from latent frame {f0} changes prompt inside it, so its frames attend each "
+                             f"to their own prompt, which needs prompts of one length; these have {lengths} text "
+                             "tokens: move the change to a chunk boundary, or use prompts of one length")
+
+    def key(self, f0: int, f1: int) -> tuple[int, ...]:
+        """Which prompts frames [f0, f1) use: one segment index, or one per frame when they differ."""
+        segs = tuple(self.segment_of(f) for f in range(f0, f1))
+        return segs[:1] if len(set(segs)) == 1 else segs
+
+    def text(self, f0: int, f1: int) -> torch.Tensor:
+        """[B, L, C] when one prompt covers frames [f0, f1), else [B, f1 - f0, L, C] (one per frame)."""
+        segs = self.key(f0, f1)
+        if len(segs) == 1:
+            return self.contexts[segs[0]]
+        self._one_length(segs, f0)
+        parts = [self.contexts[s] for s in segs]
+        rows = max(p.shape[0] for p in parts)
+        return torch.stack([p.expand(rows, -1, -1) for p in parts], dim=1)
 
     def segment_of(self, frame: int) -> int:
         """Index of the segment that conditions ``frame``."""
         return bisect.bisect_right(self.starts, frame) - 1
+
+
+@dataclass(frozen=True)
+class FramePrompts:
+    """One prompt per latent frame and batch row: ``context`` [B, F, L, C]."""
+    context: torch.Tensor
+
+    def __post_init__(self):
+        if self.context.dim() != 4:
+            raise ValueError(f"per-frame prompts are [batch, frames, tokens, width], got {tuple(self.context.shape)}")
+
+    @property
+    def contexts(self) -> tuple[torch.Tensor, ...]:
+        return (self.context[:, 0],)
+
+    def check(self, num_frames: int, first: int = 0, chunk_frames: int | None = None) -> None:
+        if self.context.shape[1] != num_frames:
+            raise ValueError(f"per-frame prompts cover {self.context.shape[1]} latent frames; the video has {num_frames}")
+
+    def key(self, f0: int, f1: int) -> tuple[int, int]:
+        return (f0, f1)
+
+    def text(self, f0: int, f1: int) -> torch.Tensor:
+        return self.context[:, f0:f1]
+
+
+def as_prompts(context) -> "PromptTimeline | FramePrompts":
+    """One conditioning [B, L, C], per-frame prompts [B, F, L, C], or a timeline, as a timeline-like."""
+    if isinstance(context, (PromptTimeline, FramePrompts)):
+        return context
+    return FramePrompts(context) if context.dim() == 4 else PromptTimeline.of(context)
 
 
 def parse_frames(text: str) -> tuple[int, ...]:

@@ -85,6 +85,7 @@ class DistillConfig:
     rescore_hidden: int = 16
     rescore_inputs: tuple[str, ...] = ("entry", "newer", "age")
     age_unit: float = 0.0              # frames (0: the clips' length)
+    age_form: str = "input"            # "monotone": a learned decay in log(1 + age) instead of an MLP input
     recency: float = 0.0               # fixed salience per frame of recency, saved with the head (not trained:
                                        # chosen on a tuning set, see benchmarks/ablation.py --recency-sweep)
     # training
@@ -146,18 +147,20 @@ def load_models(cfg: DistillConfig) -> tuple[WanChunkRunner, WanChunkRunner]:
 @dataclass
 class Clip:
     latents: torch.Tensor   # [1, C, F, H, W]
-    context: torch.Tensor   # [1, L, text_dim]
+    context: torch.Tensor   # [1, L, text_dim], or one per latent frame [1, F, L, text_dim]
 
 
 def read_clips(path: str, text_dim: int) -> list[Clip]:
     from safetensors.torch import load_file
     data = load_file(path)
     if "latents" not in data or "context" not in data:
-        raise ValueError(f"{path}: a clips file needs tensors 'latents' [N, C, F, H, W] and 'context' [N, L, D]")
+        raise ValueError(f"{path}: a clips file needs tensors 'latents' [N, C, F, H, W] and 'context' [N, L, D] "
+                         "(or one per latent frame, [N, F, L, D])")
     lat, ctx = data["latents"], data["context"]
-    if lat.ndim != 5 or ctx.ndim != 3 or lat.shape[0] != ctx.shape[0] or ctx.shape[-1] != text_dim:
+    fits = ctx.ndim == 3 or (ctx.ndim == 4 and lat.ndim == 5 and ctx.shape[1] == lat.shape[2])
+    if lat.ndim != 5 or not fits or lat.shape[0] != ctx.shape[0] or ctx.shape[-1] != text_dim:
         raise ValueError(f"{path}: latents {tuple(lat.shape)} / context {tuple(ctx.shape)} do not fit "
-                         f"[N, C, F, H, W] / [N, L, {text_dim}]")
+                         f"[N, C, F, H, W] / [N, L, {text_dim}] or [N, F, L, {text_dim}]")
     return [Clip(lat[i:i + 1].float(), ctx[i:i + 1].float()) for i in range(lat.shape[0])]
 
 
@@ -249,9 +252,10 @@ def writing_pass(student: WanChunkRunner, clip: Clip, cfg: DistillConfig, record
                           chunk_frames=cfg.chunk_frames, total_frames=frames, device=cfg.device)
     try:
         with torch.inference_mode():
-            cache.cross_kv = student.cross_kv(student.embed_text(clip.context.to(cfg.device)))
+            cross = student.cross_kv(student.embed_text(clip.context.to(cfg.device)))
             for f0 in range(0, frames, cfg.chunk_frames):
                 chunk = lat[:, :, f0:f0 + cfg.chunk_frames]
+                cache.cross_kv = student.cross_frames(cross, f0, f0 + chunk.shape[2])
                 student.forward_chunk(chunk, torch.zeros(1, chunk.shape[2], device=lat.device), f0, cache, write=True)
     finally:
         cache.release()
@@ -449,7 +453,8 @@ def _train(head: SalienceHead, examples: list[Example], cfg: DistillConfig, rank
            student=None) -> list[float]:
     stages = [("entry", cfg.steps, ("w1", "b1", "w2", "b2"), _entry_loss)]
     if head.rescores:
-        stages.append(("rescore", cfg.rescore_steps, ("r1", "rb1", "r2", "rb2"), _rescore_loss))
+        names = ("r1", "rb1", "r2", "rb2") + (("age_w",) if head.config.age_form == "monotone" else ())
+        stages.append(("rescore", cfg.rescore_steps, names, _rescore_loss))
     total = sum(s[1] for s in stages)
     params = dict(head.named_parameters())
     opts = [torch.optim.AdamW([params[p] for p in names], lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -541,7 +546,7 @@ def distill(cfg: DistillConfig) -> tuple[SalienceHead, dict]:
                           patch_size=student.patch_size, input_features=tuple(cfg.input_features),
                           hidden=cfg.hidden, per_head=cfg.per_head, rescore=cfg.rescore,
                           rescore_hidden=cfg.rescore_hidden, rescore_inputs=tuple(cfg.rescore_inputs),
-                          age_unit=cfg.age_unit or float(frames), recency=cfg.recency)
+                          age_unit=cfg.age_unit or float(frames), recency=cfg.recency, age_form=cfg.age_form)
     torch.manual_seed(cfg.seed)
     head = SalienceHead(head_cfg).to(cfg.device)      # same init on every rank
     untrained = SalienceHead(head_cfg)

@@ -287,7 +287,7 @@ def attention_use(runner, latents: torch.Tensor, context: torch.Tensor, cfg: SSE
                                 frame_offset=frame_offset, observer=keep_kv)
             for block in range(nb):
                 f0, f1 = block * fb, min(f, (block + 1) * fb)
-                ctx = _ContextWithout(kv, cross, f0 * tpf, f1 * tpf)
+                ctx = _ContextWithout(kv, runner.cross_frames(cross, f0, f1), f0 * tpf, f1 * tpf)
                 for t in cfg.timesteps:
                     x = _noisy(latents[:, :, f0:f1], t, gen)
                     runner.forward_chunk(x, torch.full((b, f1 - f0), float(t), device=latents.device),
@@ -297,9 +297,9 @@ def attention_use(runner, latents: torch.Tensor, context: torch.Tensor, cfg: SSE
         cache, _ = open_cache(CacheShape.of(runner), writer or make_policy("keep_all"), None, batch=b,
                               tokens_per_frame=tpf, chunk_frames=fb, total_frames=f, device=latents.device)
         try:
-            cache.cross_kv = cross
             for block in range(nb):
                 f0, f1 = block * fb, min(f, (block + 1) * fb)
+                cache.cross_kv = runner.cross_frames(cross, f0, f1)
                 for t in cfg.timesteps:
                     x = _noisy(latents[:, :, f0:f1], t, gen)
                     runner.forward_chunk(x, torch.full((b, f1 - f0), float(t), device=latents.device),

@@ -44,6 +44,29 @@ def test_head_scores_layer_by_layer_and_drives_the_cache(runner, context, featur
         assert torch.allclose(one, ref, atol=1e-5) and torch.allclose(batched[layer], ref[0], atol=1e-5)
 
 
+def test_a_monotone_age_never_turns_around_and_survives_a_round_trip(tmp_path):
+    """age_form="monotone": the MLP reads entry and newer only; age subtracts a learned, never negative
+    multiple of log(1 + age / age_unit) per layer, so a token only loses rank as it ages, at any age."""
+    head = SalienceHead(HeadConfig(num_layers=2, dim=8, num_heads=1, rescore=True, age_unit=4.0, age_form="monotone"))
+    assert head.r1.shape == (2, 2, 16) and head.age_w.shape == (2, 1, 1)
+    with torch.no_grad():
+        head.age_w.copy_(torch.tensor([-3.0, 2.0]).view(2, 1, 1))
+    entry, newer = torch.randn(2, 1, 1).expand(2, 1, 9), torch.randn(2, 1, 1).expand(2, 1, 9)   # one token, nine ages
+    age = torch.tensor([0, 1, 10, 36, 72, 360, 3600, 36000, 1e6]).view(1, 1, 9).expand(2, 1, 9)
+    got = head.rescore(entry, newer, age)
+    assert (got[..., 1:] < got[..., :-1]).all()
+    base = head.rescore(entry, newer, torch.zeros_like(age))
+    want = base - torch.nn.functional.softplus(head.age_w).view(2, 1, 1) * torch.log1p(age / 4.0)
+    assert torch.allclose(got, want)
+    save_head(head, tmp_path / "h.safetensors")
+    again = load_head(tmp_path / "h.safetensors")
+    assert again.config.age_form == "monotone" and torch.equal(again.rescore(entry, newer, age), got)
+    with pytest.raises(ValueError, match="age_form must be one of"):
+        HeadConfig(num_layers=2, dim=8, num_heads=1, age_form="cubic")
+    with pytest.raises(ValueError, match="needs another re-scoring input besides age"):
+        HeadConfig(num_layers=2, dim=8, num_heads=1, rescore=True, rescore_inputs=("age",), age_form="monotone")
+
+
 def test_rescorer_is_a_per_layer_mlp_of_entry_newer_and_age():
     head = SalienceHead(HeadConfig(num_layers=2, dim=8, num_heads=1, rescore=True, age_unit=4.0))
     entry, newer, age = torch.randn(2, 3, 7), torch.randn(2, 3, 7), torch.arange(7.0).expand(2, 3, 7)

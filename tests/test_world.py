@@ -109,6 +109,24 @@ def test_training_runs_and_marks_the_student_causal_ar(tmp_path):
         assert json.loads(fh.metadata()["config"]) == {"transformer": {"causal_ar": True}}
     with safe_open(teacher, "pt") as fh:
         assert "config" not in fh.metadata()
+    from pafu_core.world.scenes import RECALL          # per-frame conditioning trains end to end too
+    meta = train("student", steps=1, batch=1, lr=1e-3, seed=0, device="cpu", out=student, init=teacher, log_every=1,
+                 world=RECALL, frames=24)
+    assert meta["world"]["name"] == "recall" and meta["frames"] == 24 and meta["final_loss"] == meta["final_loss"]
+
+
+def test_teacher_forcing_with_one_prompt_per_frame_equals_one_prompt_for_all(runner):
+    """The training pass's per-frame text path: every frame given the same prompt is the one-prompt pass."""
+    from pafu_lab.world.train import teacher_forcing_forward, teacher_forcing_mask
+    gen = torch.Generator().manual_seed(0)
+    clean, noisy = torch.randn(1, 16, 6, 8, 8, generator=gen), torch.randn(1, 16, 6, 8, 8, generator=gen)
+    ctx = torch.randn(1, 5, 4096, generator=gen)
+    mask = teacher_forcing_mask(6, 3, 16, gen, "full")
+    t = torch.full((1, 6), 500.0)
+    with torch.no_grad():
+        one = teacher_forcing_forward(runner, clean, noisy, t, ctx, 0, mask)
+        per_frame = teacher_forcing_forward(runner, clean, noisy, t, ctx.unsqueeze(1).expand(-1, 6, -1, -1), 0, mask)
+    assert torch.allclose(one, per_frame, atol=1e-5)
 
 
 def test_world_oracle_keeps_the_latest_appearance_of_the_objects_then_the_newest_tokens():
@@ -160,3 +178,88 @@ def test_objects_drawn_where_the_world_has_none_count_against():
     assert scores.primary == pytest.approx(1.0 - 2 / wanted) and scores.all_right == pytest.approx(1 - 1 / len(found))
     # free videos: an object at a return in a cell that showed none before is invented too
     assert return_scores(invented).false_rate == 2 / wanted
+
+
+# ---- the RECALL world: decoys, passers, groups taking turns, drawn hides, the schedule as conditioning ----
+
+def test_recall_world_groups_take_turns_beside_decoys_on_cells_no_object_uses():
+    from pafu_core.world.scenes import RECALL
+    clip = render_clip(7, 200, cfg=RECALL)
+    assert torch.equal(clip.frames, render_clip(7, 200, cfg=RECALL).frames)
+    vis = clip.visible
+    starts = (vis & ~torch.cat([torch.zeros(1, dtype=torch.bool), vis[:-1]])).nonzero().flatten().tolist()
+    gaps = [b - a - RECALL.visible_frames for a, b in zip(starts, starts[1:])]
+    lo, hi = RECALL.hidden_range
+    assert min(gaps) >= lo and max(gaps) <= hi and len(set(gaps)) > 3            # hides drawn per opening
+    assert len({s % 3 for s in starts}) > 1                  # returns fall anywhere in a 3-frame chunk
+    shown = clip.colors >= 0                                                       # [F, objects]
+    for k, s in enumerate(starts):
+        group = torch.arange(RECALL.num_objects) % RECALL.groups == k % RECALL.groups
+        assert torch.equal(shown[s], group)                                       # one group per opening
+    objects = set(clip.positions.tolist())
+    cells = object_mask(cell_colors(clip.frames))
+    for t in range(200):
+        decoys = set(clip.decoys[t].nonzero().flatten().tolist())
+        assert not decoys & objects
+        assert len(decoys) == (RECALL.decoys if vis[t] else RECALL.passers)
+        assert set(cells[t].nonzero().flatten().tolist()) == decoys | set(clip.positions[shown[t]].tolist())
+    # decoys look like objects: palette colours, stepping at the same frame of an opening
+    d0 = clip.decoys[starts[1]].nonzero().flatten()
+    colours = cell_colors(clip.frames)
+    assert not torch.allclose(colours[starts[1], d0], colours[starts[1] + 1, d0])
+
+
+def test_recall_world_says_the_schedule_per_frame_in_its_conditioning():
+    from pafu_core.world.scenes import RECALL, schedule_token
+    clip = render_clip(2, 50, style=3, cfg=RECALL)
+    ctx = clip.context
+    assert ctx.shape == (1, 50, RECALL.context_tokens + 1, RECALL.text_dim)
+    assert torch.equal(ctx[0, :, :RECALL.context_tokens], style_context(3).expand(50, -1, -1))
+    open_, closed = schedule_token(True), schedule_token(False)
+    for t in range(50):
+        assert torch.equal(ctx[0, t, -1], (open_ if clip.visible[t] else closed)[0, 0])
+    assert render_clip(2, 50, style=3).context.shape == (1, RECALL.context_tokens, RECALL.text_dim)   # peekaboo
+
+
+def test_recall_returns_count_due_objects_and_invented_ones_where_no_decoy_can_be():
+    """At an opening, only the objects of the group due that have shown before are wanted; an object drawn
+    in a clean cell (no decoy ever lands there) or in the other group's cells counts as false; one drawn in
+    the decoy area does not (no model can know where the next decoys land)."""
+    from pafu_core.world.scenes import RECALL
+    from pafu_lab.world.metrics import clip_return_scores, clip_returns
+    clip = render_clip(11, 120, cfg=RECALL)
+    exact = clip_returns(clip.frames, clip)
+    assert exact and all(r.right == r.wanted == RECALL.num_objects // RECALL.groups and r.false == 0 for r in exact)
+    assert clip_return_scores(clip.frames, clip).primary == 1.0
+    r0 = exact[0].frame
+    objects = torch.zeros(RECALL.cells, dtype=torch.bool)
+    objects[clip.positions] = True
+    clean = ~objects & ~clip.decoy_area
+    assert clip.decoy_area.sum() == RECALL.decoy_area and clean.sum() == RECALL.cells - RECALL.num_objects - RECALL.decoy_area
+    not_due = objects & ~object_mask(cell_colors(clip.frames))[r0]
+    free_area = clip.decoy_area & ~clip.decoys[r0]
+
+    def drawn_at(cell):
+        out = clip.frames.clone()
+        r, c = divmod(int(cell), RECALL.grid)
+        k = RECALL.cell
+        out[r0, :, r * k:(r + 1) * k, c * k:(c + 1) * k] = OBJECT_COLORS[2].view(3, 1, 1)
+        return clip_returns(out, clip)[0]
+
+    for cells, false in ((clean, 1), (not_due, 1), (free_area, 0)):
+        got = drawn_at(cells.nonzero()[0])
+        assert (got.right, got.false) == (exact[0].right, false)
+
+
+def test_tell_rule_marks_a_cell_only_after_seeing_its_object_come_back():
+    """Causal: the cells of a group become known at that group's first return, never earlier, and decoys or
+    passers, which never come back with their colour, are never marked (on this seed)."""
+    from pafu_core.world.scenes import RECALL
+    from pafu_lab.world.rules import returned_cells
+    clip = render_clip(4, 150, cfg=RECALL)
+    marked = returned_cells(clip.frames, clip.visible, RECALL)
+    vis = clip.visible
+    starts = (vis & ~torch.cat([torch.zeros(1, dtype=torch.bool), vis[:-1]])).nonzero().flatten().tolist()
+    group_a = clip.positions[torch.arange(RECALL.num_objects) % 2 == 0]
+    assert not marked[starts[2] - 1, group_a].any() and marked[starts[2], group_a].all()
+    assert set(marked[-1].nonzero().flatten().tolist()) == set(clip.positions.tolist())

@@ -25,15 +25,18 @@ from pafu_core.sampler import SamplerConfig, sample_video
 from pafu_core.wan import load_wan_checkpoint
 from pafu_core.world import assets
 from pafu_core.world.codec import decode_frames, encode_frames
-from pafu_core.world.scenes import DEFAULT_WORLD, render_clip, style_context
+from pafu_core.world.scenes import DEFAULT_WORLD, WorldConfig, render_clip
 
-from .metrics import change_accuracy, psnr, return_scores, schedule_accuracy, ssim, watched_return_scores
+from .metrics import change_accuracy, clip_return_scores, psnr, return_scores, schedule_accuracy, ssim
 from .oracles import CausalUseOracle, WorldOracle, object_labels
+from .rules import ScheduleStandout, TellRule
 
 #: every bounded policy that needs no training (the best of them but random is what a learned head must beat)
 HEURISTICS = tuple(e.name for e in policy_entries() if e.training_free)
 ORACLES = ("oracle_world", "oracle_causal")
-BUDGETED = HEURISTICS + ("pafu",) + ORACLES
+#: rows that know the world's design (its schedule, its tell) but not its future: reported, never the bar
+RULES = ("standout_open", "tell_rule")
+BUDGETED = HEURISTICS + ("pafu",) + RULES + ORACLES
 #: noise seeds: the benchmark's evaluation batch, and the batch used to choose between variants;
 #: neither is used by training (random world clips), distillation (rollouts with seeds 0..N, world clips
 #: with seeds 7 * 100003 + i) or tuning; the watched world of a batch is scene ``seed * 1000 + row``
@@ -85,9 +88,10 @@ def check_policies(names, flag: str = "--policies", allowed=BUDGETED) -> list[st
     return list(names)
 
 
-def load_world_models(device: str = "cpu", head_path: str = assets.HEAD) -> tuple[WanChunkRunner, SalienceHead]:
-    """The committed student and head; refuses a head that does not fit the student."""
-    student = WanChunkRunner(load_wan_checkpoint(assets.STUDENT).to(device).eval().requires_grad_(False))
+def load_world_models(device: str = "cpu", head_path: str = assets.HEAD,
+                      student_path: str = assets.STUDENT) -> tuple[WanChunkRunner, SalienceHead]:
+    """The committed student and head (or the given files); refuses a head that does not fit the student."""
+    student = WanChunkRunner(load_wan_checkpoint(student_path).to(device).eval().requires_grad_(False))
     head = load_head(head_path, device=device)
     head.check_backbone(student)
     return student, head
@@ -128,16 +132,19 @@ class Batch:
     frames: int
     styles: list[int]
     watched: bool = False           # the model watches the world (the cache holds its real frames)
+    world: WorldConfig = DEFAULT_WORLD
 
     @property
     def context(self) -> torch.Tensor:
-        return torch.cat([style_context(s) for s in self.styles])
+        """[B, L, C], or per frame [B, F, L, C] in a world whose schedule is conditioning."""
+        return torch.cat([c.context for c in self.clips])
 
     @cached_property
     def clips(self) -> list:
         """The world's own clips of this batch (row i: scene seed ``seed * 1000 + i``), rendered once per
         batch, whatever number of policies are rolled out on it."""
-        return [render_clip(self.seed * 1000 + i, self.frames, style=s) for i, s in enumerate(self.styles)]
+        return [render_clip(self.seed * 1000 + i, self.frames, style=s, cfg=self.world)
+                for i, s in enumerate(self.styles)]
 
     @property
     def truth(self) -> torch.Tensor:
@@ -157,15 +164,22 @@ def rollouts(student: WanChunkRunner, head: SalienceHead | None, policy: str, bu
     ``custom``: this policy object instead of the named one, e.g. a swept setting)."""
     budget = None
     if policy != "keep_all":
-        budget = CacheBudget(budget_fraction, unit="fraction", reference_frames=DEFAULT_WORLD.clip_frames,
+        budget = CacheBudget(budget_fraction, unit="fraction", reference_frames=batch.world.clip_frames,
                              sink_frames=sink_frames if policy == "sink_window" else 0)
-    side = DEFAULT_WORLD.size // 2
+    side = batch.world.size // 2
     context = batch.context.to(device)
     callbacks = [chunk_callback] if chunk_callback else []
     truth = batch.truth if batch.watched else None
     observed = torch.stack([encode_frames(v) for v in truth]).to(device) if truth is not None else None
+    open_frames = torch.stack([c.visible for c in batch.clips])
     if policy == "oracle_world":
-        pol = WorldOracle(torch.stack([object_labels(c) for c in batch.clips]))
+        pol = WorldOracle(torch.stack([object_labels(c, batch.world) for c in batch.clips]))
+    elif policy == "standout_open":
+        pol = ScheduleStandout(open_frames=open_frames)
+    elif policy == "tell_rule":
+        if truth is None:
+            raise ValueError("tell_rule reads the frames the cache is written with: it needs a watched batch")
+        pol = TellRule(truth, open_frames, batch.world)
     elif policy == "oracle_causal":
         if reference is None:
             raise ValueError("oracle_causal needs the keep-all rollouts of the same batch")
@@ -180,9 +194,10 @@ def rollouts(student: WanChunkRunner, head: SalienceHead | None, policy: str, bu
     out = []
     for row in range(len(batch.styles)):
         video = decode_frames(res.latents[row].cpu())
-        scores = return_scores(video) if truth is None else watched_return_scores(video, truth[row])
+        clip = batch.clips[row]
+        scores = return_scores(video, batch.world) if truth is None else clip_return_scores(video, clip)
         out.append(Rollout(label or policy, budget_fraction if budget else None, row, video, res.report,
-                           *scores, change_accuracy(video), schedule_accuracy(video),
+                           *scores, change_accuracy(video, batch.world), schedule_accuracy(video, batch.world),
                            latents=res.latents[row].cpu()))
     return out
 

@@ -137,6 +137,39 @@ def watched_returns(frames: torch.Tensor, truth: torch.Tensor, cfg: WorldConfig 
     return out
 
 
+def clip_returns(frames: torch.Tensor, clip, tol: float = MATCH_TOLERANCE) -> list[Return]:
+    """Every return in a video predicted while watching ``clip``, by the world's labels: at the first frame
+    of each opening, every object shown that has shown before is wanted (right = its cell shows its true
+    colour, the one of its latest appearance); false = a cell showing an object where the world shows
+    nothing (an object of a group not due, a passer brought back, anything invented), counted where no
+    decoy can land: no model can know where the next opening's decoys will be."""
+    cfg = clip.cfg
+    true_colors, got_colors = cell_colors(clip.frames, cfg), cell_colors(frames, cfg)
+    world_shows, got = object_mask(true_colors), object_mask(got_colors)
+    labels = torch.zeros(clip.colors.shape[0], cfg.cells, dtype=torch.bool)
+    labels[:, clip.positions] = clip.colors >= 0
+    vis = clip.visible
+    starts = (vis & ~torch.cat([torch.zeros(1, dtype=torch.bool), vis[:-1]])).nonzero().flatten().tolist()
+    seen = torch.zeros(cfg.cells, dtype=torch.bool)
+    area = clip.decoy_area if clip.decoy_area is not None else torch.zeros(cfg.cells, dtype=torch.bool)
+    out = []
+    for i, b0 in enumerate(starts):
+        want = labels[b0] & seen
+        if want.any():
+            hit = want & got[b0] & ((got_colors[b0] - true_colors[b0]).norm(dim=-1) < tol)
+            invented = got[b0] & ~world_shows[b0] & ~area
+            out.append(Return(b0, int(hit.sum()), int(want.sum()), int(invented.sum())))
+        end = starts[i + 1] if i + 1 < len(starts) else len(vis)
+        seen |= labels[b0:end].any(dim=0)
+    return out
+
+
+def clip_return_scores(frames: torch.Tensor, clip, tol: float = MATCH_TOLERANCE) -> ReturnScores:
+    """``clip_returns`` summed (see ``ReturnScores``); NaN when the clip has no return."""
+    found = clip_returns(frames, clip, tol)
+    return ReturnScores.of(found) if found else NO_SCORES
+
+
 def watched_return_scores(frames: torch.Tensor, truth: torch.Tensor, cfg: WorldConfig = DEFAULT_WORLD,
                           tol: float = MATCH_TOLERANCE) -> ReturnScores:
     """``watched_returns`` summed (see ``ReturnScores``); NaN when the world has no return."""
@@ -169,6 +202,8 @@ def change_accuracy(frames: torch.Tensor, cfg: WorldConfig = DEFAULT_WORLD, tol:
 def schedule_accuracy(frames: torch.Tensor, cfg: WorldConfig = DEFAULT_WORLD) -> float:
     """Share of the gaps between consecutive appearances that match the world's period (within one
     frame): does the model keep the world's rhythm?"""
+    if cfg.hidden_range:                 # hides drawn per opening: there is no single period to keep
+        return float("nan")
     starts = [a for a, _ in appearances(frames, cfg)]
     if len(starts) < 2:
         return 0.0 if _long_enough(frames, cfg) else float("nan")

@@ -36,42 +36,52 @@ from pafu_core.cli import Parser, existing_file, nonneg_int, output_file, positi
 from pafu_core.sampler import TIMESTEP_SCALE, SamplerConfig, warp_timesteps
 from pafu_core.wan import WanConfig, WanDiT, init_weights_, load_wan_checkpoint
 from pafu_core.world.codec import encode_frames
-from pafu_core.world.scenes import DEFAULT_WORLD, WorldConfig, render_clip, style_context
+from pafu_core.world.scenes import DEFAULT_WORLD, WORLDS, WorldConfig, render_clip
 
 TINY_WAN = WanConfig(dim=128, ffn_dim=384, num_heads=1, num_layers=4)
 MAX_OFFSET = 10 * DEFAULT_WORLD.clip_frames        # demo length: 10x the training clip
 
 
 def world_batch(step: int, batch: int, seed: int, cfg: WorldConfig = DEFAULT_WORLD, frames: int | None = None):
-    """Clips at random phases and styles: latents [B, 16, F, 8, 8] and contexts [B, L, 4096]."""
+    """Clips at random phases and styles: latents [B, 16, F, 8, 8] and contexts [B, L, 4096] (per frame,
+    [B, F, L, 4096], in a world whose schedule is conditioning)."""
     frames = frames or cfg.clip_frames
     gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
-    lat, ctx = [], []
+    lat, ctx, weights = [], [], []
     for _ in range(batch):
         clip_seed = int(torch.randint(2**31 - 1, (1,), generator=gen))
-        # start with the objects half of the time (as the demo does), else at another step of the clock
-        steps = cfg.period // cfg.clock_step
-        phase = 0 if torch.rand((), generator=gen) < 0.5 else cfg.clock_step * int(torch.randint(steps, (1,), generator=gen))
+        # start with the objects half of the time (as the demo does), else later in the cycle
+        if cfg.clock_step:          # at another step of the clock
+            steps = cfg.period // cfg.clock_step
+            later = cfg.clock_step * int(torch.randint(steps, (1,), generator=gen))
+        else:                       # with the curtain closed for a while
+            later = int(torch.randint(1, cfg.period, (1,), generator=gen))
+        phase = 0 if torch.rand((), generator=gen) < 0.5 else later
         clip = render_clip(clip_seed, frames, phase=phase, cfg=cfg)
         lat.append(encode_frames(clip.frames))
-        ctx.append(style_context(clip.style, cfg))
-    return torch.stack(lat), torch.cat(ctx)
+        ctx.append(clip.context)
+        weights.append(salient_weights(clip))
+    return torch.stack(lat), torch.cat(ctx), torch.stack(weights)
 
 
 #: the loss counts the cells that hold objects this much more than the backdrop: what must be remembered
 #: is a few tokens of the frame, and their error would otherwise drown in the backdrop's
 OBJECT_WEIGHT = 8.0
+#: decoys are copied once seen, but where the next ones land is unknowable: they weigh less than objects
+DECOY_WEIGHT = 2.0
 
 
-def object_weights(lat: torch.Tensor) -> torch.Tensor:
-    """[B, 1, F, h, w] loss weights over latents: OBJECT_WEIGHT where the clean frame shows an object."""
-    from pafu_core.world.codec import decode_frames
-    from .metrics import cell_colors, object_mask
-    b, _, f, h, w = lat.shape
-    frames = decode_frames(lat.detach().cpu()).flatten(0, 1)                   # [B*F, 3, 2h, 2w]
-    cells = object_mask(cell_colors(frames)).view(b, f, h // 2, w // 2).float()
-    up = cells.repeat_interleave(2, -1).repeat_interleave(2, -2).unsqueeze(1)  # one cell = 2x2 latent pixels
-    return (1 + (OBJECT_WEIGHT - 1) * up).to(lat.device)
+def salient_weights(clip) -> torch.Tensor:
+    """[1, F, h, w] loss weights over one clip's latents, from the world's labels: OBJECT_WEIGHT on the cells
+    that show an object (what must be remembered), DECOY_WEIGHT on decoys; passers, which no model can
+    predict, weigh as the backdrop."""
+    from .oracles import object_labels
+    cfg = clip.cfg
+    weight = 1 + (OBJECT_WEIGHT - 1) * object_labels(clip, cfg).float()
+    if clip.decoys is not None:
+        weight = weight + (DECOY_WEIGHT - 1) * (clip.decoys & clip.visible[:, None]).float()
+    weight = weight.view(-1, cfg.grid, cfg.grid)
+    return weight.repeat_interleave(2, -1).repeat_interleave(2, -2).unsqueeze(0)  # one cell = 2x2 latent pixels
 
 
 def weighted_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -83,14 +93,14 @@ def _sample_sigma(shape, gen, shift: float = 3.0) -> torch.Tensor:
     return shift * s / (1 + (shift - 1) * s)
 
 
-def teacher_loss(runner: WanChunkRunner, lat, ctx, gen, device) -> torch.Tensor:
+def teacher_loss(runner: WanChunkRunner, lat, ctx, weights, gen, device) -> torch.Tensor:
     b, _, f = lat.shape[:3]
     sigma = _sample_sigma((b,), gen).to(device)
     noise = torch.randn(lat.shape, generator=gen).to(device)
     x = (1 - sigma.view(b, 1, 1, 1, 1)) * lat + sigma.view(b, 1, 1, 1, 1) * noise
     offset = int(torch.randint(MAX_OFFSET, (1,), generator=gen))
     pred = runner.forward_full(x, sigma * TIMESTEP_SCALE, ctx, frame_offset=offset)
-    return weighted_mse(pred, noise - lat, object_weights(lat))
+    return weighted_mse(pred, noise - lat, weights)
 
 
 def teacher_forcing_mask(frames: int, chunk: int, tpf: int, gen, mode: str) -> torch.Tensor:
@@ -114,7 +124,7 @@ def teacher_forcing_mask(frames: int, chunk: int, tpf: int, gen, mode: str) -> t
     return torch.cat([top, bottom], dim=0)
 
 
-def student_loss(runner: WanChunkRunner, lat, ctx, gen, device, sampler: SamplerConfig,
+def student_loss(runner: WanChunkRunner, lat, ctx, weights, gen, device, sampler: SamplerConfig,
                  mode: str, own_context: bool = False) -> torch.Tensor:
     b, _, f, h, w = lat.shape
     chunk = sampler.chunk_frames
@@ -135,7 +145,7 @@ def student_loss(runner: WanChunkRunner, lat, ctx, gen, device, sampler: Sampler
             flow = teacher_forcing_forward(runner, lat, noisy, sigma * TIMESTEP_SCALE, ctx, offset, mask, sampler.context_timestep)
             context = (noisy - s5 * flow).detach()
     pred = teacher_forcing_forward(runner, context, noisy, sigma * TIMESTEP_SCALE, ctx, offset, mask, sampler.context_timestep)
-    return weighted_mse(pred, noise - lat, object_weights(lat))
+    return weighted_mse(pred, noise - lat, weights)
 
 
 def teacher_forcing_forward(runner: WanChunkRunner, clean, noisy, t_noisy, ctx, offset, mask, t_ctx=0.0):
@@ -148,6 +158,8 @@ def teacher_forcing_forward(runner: WanChunkRunner, clean, noisy, t_noisy, ctx, 
     cos, sin = runner.ops.rope_freqs(runner.model, offset, grid, clean.device)
     freqs = (torch.cat([cos, cos]), torch.cat([sin, sin]))
     cross = runner.cross_kv(runner.embed_text(ctx))
+    if ctx.dim() == 4:              # text per frame: the clean and the noisy copy of a frame share it
+        cross = [(torch.cat([k, k], dim=1), torch.cat([v, v], dim=1)) for k, v in cross]
 
     def attend(i, q, k, v, hid, k_raw):
         return runner.ops.attention(q, k, v, mask)
@@ -168,7 +180,8 @@ def save_model(model: WanDiT, path: str, meta: dict) -> None:
 
 
 def train(kind: str, steps: int, batch: int, lr: float, seed: int, device: str, out: str,
-          init: str | None = None, log_every: int = 50, own_context: int = 0) -> dict:
+          init: str | None = None, log_every: int = 50, own_context: int = 0, world: WorldConfig = DEFAULT_WORLD,
+          frames: int | None = None) -> dict:
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     if init:
@@ -194,13 +207,12 @@ def train(kind: str, steps: int, batch: int, lr: float, seed: int, device: str, 
     t0 = time.perf_counter()
     running = []
     for step in range(steps):
-        lat, ctx = world_batch(step, batch, seed)
-        lat, ctx = lat.to(device), ctx.to(device)
+        lat, ctx, weights = (t.to(device) for t in world_batch(step, batch, seed, world, frames))
         if kind == "teacher":
-            loss = teacher_loss(runner, lat, ctx, gen, device)
+            loss = teacher_loss(runner, lat, ctx, weights, gen, device)
         else:
             own = own_context > 0 and step % own_context == 0
-            loss = student_loss(runner, lat, ctx, gen, device, sampler, modes[step % len(modes)], own)
+            loss = student_loss(runner, lat, ctx, weights, gen, device, sampler, modes[step % len(modes)], own)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -216,7 +228,8 @@ def train(kind: str, steps: int, batch: int, lr: float, seed: int, device: str, 
     bar.close()
     meta = {"kind": kind, "steps": steps, "batch": batch, "lr": lr, "seed": seed, "device": device,
             "init": os.path.basename(init) if init else None, "own_context": own_context, "final_loss": history[-1][1],
-            "minutes": round((time.perf_counter() - t0) / 60, 1), "world": DEFAULT_WORLD.__dict__}
+            "minutes": round((time.perf_counter() - t0) / 60, 1), "world": world.__dict__,
+            "frames": frames or world.clip_frames}
     save_model(model, out, meta)
     return meta
 
@@ -232,13 +245,16 @@ def main(argv=None) -> None:
     p.add_argument("--init", type=existing_file, help="checkpoint to start from (the student starts from the teacher)")
     p.add_argument("--own-context", type=nonneg_int, default=0,
                    help="every N-th student step conditions on the model's own chunk estimates (0: never)")
+    p.add_argument("--world", choices=sorted(WORLDS), default=DEFAULT_WORLD.name)
+    p.add_argument("--frames", type=positive_int, default=None,
+                   help="training clip length in latent frames (default: the world's clip; budgets keep that reference)")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     output_file(args.out, "--out")
     if args.init:                   # a wrong file is refused before any training step
         load_wan_checkpoint(args.init)
     meta = train(args.kind, args.steps, args.batch, args.lr, args.seed, args.device, args.out, args.init,
-                 own_context=args.own_context)
+                 own_context=args.own_context, world=WORLDS[args.world], frames=args.frames)
     print(json.dumps(meta, indent=1))
 
 

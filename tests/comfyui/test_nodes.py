@@ -241,8 +241,12 @@ def test_prompt_timeline_through_the_sampler_node(pack):
     assert torch.equal(changed[:, :, :6], plain[:, :, :6])
     assert not torch.allclose(changed[:, :, 6:], plain[:, :, 6:], atol=1e-3)
     assert max(c.tokens_per_layer for c in report.chunks) == 6 * 16
-    with pytest.raises(ValueError, match="falls inside a chunk of 3 frames; move it to frame 3 or 6"):
-        run(nodes["PaFuARChunkSampler"], timeline=run(nodes["PaFuPromptTimeline"], change_frames="4",
+    inside = run(nodes["PaFuARChunkSampler"], timeline=run(nodes["PaFuPromptTimeline"], change_frames="4",
+                                                             prompt_2=red)[0], **args)[0]["samples"]
+    assert torch.equal(inside[:, :, :3], plain[:, :, :3])            # a change inside a chunk: frame by frame
+    assert not torch.allclose(inside[:, :, 4:6], plain[:, :, 4:6], atol=1e-3)
+    with pytest.raises(ValueError, match="latent frame 12 lies past the video's last latent frame"):
+        run(nodes["PaFuARChunkSampler"], timeline=run(nodes["PaFuPromptTimeline"], change_frames="12",
                                                          prompt_2=red)[0], **args)
     with pytest.raises(ValueError, match="lists 2 frames but 1 prompt is connected"):
         run(nodes["PaFuPromptTimeline"], change_frames="6, 9", prompt_2=red)
