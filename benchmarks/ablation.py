@@ -28,7 +28,7 @@ from pafu_core.salience import load_head, save_head  # noqa: E402
 from pafu_core.world import assets  # noqa: E402
 from pafu_lab.assets import TEACHER  # noqa: E402
 from pafu_lab.world.clips import world_clips  # noqa: E402
-from pafu_lab.world.evaluate import TUNING_SEED, check_budget_fraction, world_frames  # noqa: E402
+from pafu_lab.world.evaluate import TUNING_SEED, check_budget_fraction, world_frames, world_models  # noqa: E402
 from pafu_core.world.scenes import DEFAULT_WORLD, WORLDS  # noqa: E402
 
 #: the ablation's base recipe; every variant below changes one thing (``SHIPPED`` is the committed head's)
@@ -38,8 +38,8 @@ BASE = dict(student=assets.STUDENT, teacher=TEACHER, contexts="tiny_world", roll
             eval_budget=0, seed=0)
 SHIPPED = "recency"
 #: the policies every head is scored beside
-QUALITY_POLICIES = ("fifo", "sink_window", "standout", "random", "standout_open", "tell_rule", "oracle_world",
-                    "oracle_causal")
+QUALITY_POLICIES = ("fifo", "sink_window", "standout", "attention_mass", "key_norm", "random", "standout_open",
+                    "tell_rule", "oracle_world", "oracle_causal")
 #: the shipped head's fixed recency term (salience per frame of age), chosen with --recency-sweep on the tuning seed
 RECENCY = 0.05
 VARIANTS = {
@@ -84,10 +84,11 @@ def main(argv=None):
                    help="the benchmark's setting: the model watches the world, so every head learns from world clips")
     p.add_argument("--world", choices=sorted(WORLDS), default=DEFAULT_WORLD.name,
                    help="the world whose clips the heads learn from and are scored on")
-    p.add_argument("--student", type=existing_file, default=assets.STUDENT,
-                   help="the causal student trained on that world (default: the committed one)")
+    p.add_argument("--student", type=existing_file, default=None,
+                   help="the causal student trained on that world (default: the world's committed one)")
     args = p.parse_args(argv)
     world = WORLDS[args.world]
+    args.student = args.student or world_models(world)[0]
     for b in args.budgets:                   # the scoring below runs sink_window: checked before any distillation
         check_budget_fraction(b, QUALITY_POLICIES, flag="--budgets")
     output_dir(args.out, "--out")

@@ -29,7 +29,8 @@ from pafu_core.cli import (Parser, existing_file, fraction_of, list_of, one_of, 
 from pafu_lab.charts import plot_accuracy_vs_budget  # noqa: E402
 from pafu_core.policies import policy_entry  # noqa: E402
 from pafu_core.salience import load_head  # noqa: E402
-from pafu_lab.world.evaluate import (BUDGETED, EVAL_SEED, HEURISTICS, ORACLES, TABLE_LEGEND, Batch,  # noqa: E402
+from pafu_lab.world.evaluate import (BUDGETED, EVAL_SEED, HEURISTICS, ORACLES, RECALL_EVAL_SEED, TABLE_LEGEND,  # noqa: E402
+                                      Batch, eval_seed,
                                       check_budget_fraction, check_policies, compare_to_reference,
                                       load_world_models, mean_ci, paired, rollouts, table, world_frames)
 from pafu_lab.world.metrics import CHANCE  # noqa: E402
@@ -91,12 +92,13 @@ def main(argv=None):
     p.add_argument("--heads", type=list_of(head_spec), default=[],
                    help="extra heads to compare, as name=path,... (run as policy pafu[name])")
     p.add_argument("--head", type=existing_file, default=None,
-                   help="the head that the policy 'pafu' uses (default: the committed one)")
+                   help="the head that the policy 'pafu' uses (default: the world's committed one)")
     p.add_argument("--student", type=existing_file, default=None,
-                   help="the causal student to roll out (default: the committed one)")
+                   help="the causal student to roll out (default: the world's committed one)")
     p.add_argument("--world", choices=sorted(WORLDS), default=DEFAULT_WORLD.name,
                    help="the world the videos come from (its student and head must be trained on it)")
-    p.add_argument("--seed", type=int, default=EVAL_SEED, help="noise seed of the batch (default: the evaluation seed)")
+    p.add_argument("--seed", type=int, default=None,
+                   help=f"noise seed of the batch (default: the world's evaluation seed: {EVAL_SEED}, RECALL {RECALL_EVAL_SEED})")
     p.add_argument("--kv-storage", default="model", choices=("model", "int8"))
     p.add_argument("--watched", action=argparse.BooleanOptionalAction, default=True,
                    help="the model watches the world: the cache holds the real frames after each prediction")
@@ -112,16 +114,15 @@ def main(argv=None):
             load_head(path)                  # a file that is no head: one sentence, before the student loads
     torch.set_grad_enabled(False)
     os.makedirs(args.out, exist_ok=True)
-    kw = {"head_path": args.head} if args.head else {}
-    if args.student:
-        kw["student_path"] = args.student
-    student, head = load_world_models(**kw)
+    world = WORLDS[args.world]
+    student, head = load_world_models(head_path=args.head, student_path=args.student, world=world)
+    if args.seed is None:
+        args.seed = eval_seed(world)
     heads = {"pafu": head}
     for name, path in args.heads:
         heads[f"pafu[{name}]"] = load_head(path)
         heads[f"pafu[{name}]"].check_backbone(student)
         policies.append(f"pafu[{name}]")
-    world = WORLDS[args.world]
     batch = Batch(seed=args.seed, frames=args.frames, styles=[i % world.num_styles for i in range(args.videos)],
                   watched=args.watched, world=world)
     bar = tqdm(total=1 + len(budgets) * len(policies), desc="batched rollouts")

@@ -25,7 +25,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from pafu_core.policies import Standout  # noqa: E402
 from pafu_lab.charts import plot_sweep  # noqa: E402
-from pafu_lab.world.evaluate import TUNING_SEED, Batch, load_world_models, mean_std, rollouts  # noqa: E402
+from pafu_core.adapter import WanChunkRunner  # noqa: E402
+from pafu_core.wan import load_wan_checkpoint  # noqa: E402
+from pafu_lab.world.evaluate import TUNING_SEED, Batch, mean_std, rollouts, world_models  # noqa: E402
 from pafu_core.world.scenes import DEFAULT_WORLD, WORLDS  # noqa: E402
 
 PLATEAU_TOLERANCE = 0.03
@@ -66,8 +68,8 @@ def main(argv=None):
     budgets = [float(b) for b in args.budgets.split(",")]
     values = sorted(float(v) for v in args.values.split(","))
     os.makedirs(args.out, exist_ok=True)
-    student, _ = load_world_models(**({"student_path": args.student} if args.student else {}))
     world = WORLDS[args.world]
+    student = WanChunkRunner(load_wan_checkpoint(args.student or world_models(world)[0]).eval().requires_grad_(False))
     batch = Batch(seed=args.seed, frames=args.frames, watched=True, world=world,
                   styles=[i % world.num_styles for i in range(args.videos)])
     scores: dict[float, list[float]] = {}

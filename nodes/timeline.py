@@ -16,8 +16,8 @@ class PaFuPromptTimeline(io.ComfyNode):
             display_name="PaFu Prompt Timeline",
             category="PaFu-KV",
             description="Schedules prompt changes for the PaFu AR Chunk Sampler: its positive prompt holds from "
-                        "latent frame 0, each prompt here from its change frame on. Changes fall on chunk "
-                        "boundaries (any frame with chunks of 1 frame).",
+                        "latent frame 0, each prompt here from its change frame on, at any latent frame (a chunk "
+                        "that straddles a change attends frame by frame).",
             inputs=[
                 io.String.Input("change_frames", default="24",
                                 tooltip="Latent frames where the prompt changes, comma-separated, one per "

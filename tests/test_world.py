@@ -210,14 +210,20 @@ def test_recall_world_groups_take_turns_beside_decoys_on_cells_no_object_uses():
 
 
 def test_recall_world_says_the_schedule_per_frame_in_its_conditioning():
-    from pafu_core.world.scenes import RECALL, schedule_token
+    """Per latent frame: the style's tokens and one token for 'closed' or 'open, group k'."""
+    from pafu_core.world.scenes import CLOSED, RECALL, schedule_token
     clip = render_clip(2, 50, style=3, cfg=RECALL)
     ctx = clip.context
     assert ctx.shape == (1, 50, RECALL.context_tokens + 1, RECALL.text_dim)
     assert torch.equal(ctx[0, :, :RECALL.context_tokens], style_context(3).expand(50, -1, -1))
-    open_, closed = schedule_token(True), schedule_token(False)
+    shows = (clip.colors >= 0).any(dim=1)
     for t in range(50):
-        assert torch.equal(ctx[0, t, -1], (open_ if clip.visible[t] else closed)[0, 0])
+        group = int(clip.showing[t])
+        assert (group == CLOSED) == (not clip.visible[t])
+        if group != CLOSED:                       # the token names the group whose objects show
+            assert bool(shows[t]) and (clip.colors[t, torch.arange(RECALL.num_objects) % 2 == group] >= 0).all()
+        assert torch.equal(ctx[0, t, -1], schedule_token(group)[0, 0])
+    assert len({schedule_token(g).sum().item() for g in (CLOSED, 0, 1)}) == 3
     assert render_clip(2, 50, style=3).context.shape == (1, RECALL.context_tokens, RECALL.text_dim)   # peekaboo
 
 
@@ -263,3 +269,28 @@ def test_tell_rule_marks_a_cell_only_after_seeing_its_object_come_back():
     group_a = clip.positions[torch.arange(RECALL.num_objects) % 2 == 0]
     assert not marked[starts[2] - 1, group_a].any() and marked[starts[2], group_a].all()
     assert set(marked[-1].nonzero().flatten().tolist()) == set(clip.positions.tolist())
+
+
+def test_world_oracle_keeps_every_groups_latest_appearance():
+    """RECALL: the group due next showed two openings back; the oracle keeps each object's latest appearance,
+    not only the latest opening's."""
+    from types import SimpleNamespace
+
+    from pafu_core.world.scenes import RECALL
+    from pafu_lab.world.oracles import WorldOracle, object_labels
+    clip = render_clip(6, 80, cfg=RECALL)
+    vis = clip.visible
+    starts = (vis & ~torch.cat([torch.zeros(1, dtype=torch.bool), vis[:-1]])).nonzero().flatten().tolist()
+    now = starts[3] + 2                             # inside the fourth opening; the cache holds frames 0..now
+    tokens = torch.arange((now + 1) * 16)
+    view = SimpleNamespace(frame_index=(tokens // 16).view(1, 1, -1), place=(tokens % 16).view(1, 1, -1),
+                           newest_frame=now, num_entering=3 * 16, tokens_per_frame=16, cache=SimpleNamespace(device="cpu"))
+    scores = WorldOracle(object_labels(clip, RECALL)[None]).score(view)[0, 0]
+    kept = {(int(i) // 16, int(i) % 16) for i in (scores >= 1e6).nonzero().flatten()}
+    known = now + 1 - 3
+    want = set()
+    for k in range(RECALL.num_objects):
+        frames = (clip.colors[:known, k] >= 0).nonzero().flatten().tolist()
+        onset = max(f for f in frames if f == 0 or clip.colors[f - 1, k] < 0)
+        want |= {(f, int(clip.positions[k])) for f in frames if f >= onset}
+    assert kept == want and {f for f, _ in kept} & set(range(starts[1], starts[1] + 3))   # the older group too

@@ -12,8 +12,9 @@ as they were last seen. Two presets, one renderer per rule set:
   landing on a cell again has a fresh colour). No model can know where the next decoys land, so the
   scores count invented objects only where no decoy can be: the object cells and the clean cells. Hides are drawn per
   opening from ``hidden_range`` (below and above a 25% window, so returns fall anywhere in a chunk); the
-  backdrop is plain. When the curtain is open is given as conditioning per latent frame (``frame_context``:
-  the style's text tokens and an "open" or "closed" token), so timing needs no memory either. The tell
+  backdrop is plain. The schedule is given as conditioning per latent frame (``frame_context``: the style's
+  text tokens and a token that says "closed" or "open, group k"), so *when* and *which* need no memory:
+  what must be remembered is where each group's objects are and the colours they last had. The tell
   between an object and a decoy is contextual: objects recur at the cells of their earlier appearances.
   While the curtain is closed, ``passers`` cells flash for one frame each (things passing through): they
   stand out more recently than anything that will return.
@@ -109,22 +110,27 @@ def style_context(style: int, cfg: WorldConfig = DEFAULT_WORLD) -> torch.Tensor:
     return torch.randn(1, cfg.context_tokens, cfg.text_dim, generator=gen)
 
 
-def schedule_token(open_: bool, cfg: WorldConfig = DEFAULT_WORLD) -> torch.Tensor:
-    """[1, 1, text_dim]: the fixed text token that says the curtain is open (or closed)."""
-    gen = torch.Generator().manual_seed(78_001 if open_ else 78_000)
+CLOSED = -1
+
+
+def schedule_token(group: int, cfg: WorldConfig = DEFAULT_WORLD) -> torch.Tensor:
+    """[1, 1, text_dim]: the fixed text token that says the curtain is closed (``CLOSED``) or open and which
+    group of objects shows (0, 1, ...)."""
+    gen = torch.Generator().manual_seed(78_000 + 1 + group)
     return torch.randn(1, 1, cfg.text_dim, generator=gen)
 
 
-def frame_context(style: int, visible: torch.Tensor, cfg: WorldConfig = DEFAULT_WORLD) -> torch.Tensor:
+def frame_context(style: int, showing: torch.Tensor, cfg: WorldConfig = DEFAULT_WORLD) -> torch.Tensor:
     """Conditioning per latent frame [1, F, text_tokens, text_dim]: the style's tokens and, per frame, the
-    curtain's state (``visible`` [F] bool); a world without schedule conditioning repeats the style."""
+    schedule (``showing`` [F] long: the group the open curtain shows, ``CLOSED`` while it is closed); a world
+    without schedule conditioning repeats the style."""
     style_tokens = style_context(style, cfg)
-    f = visible.shape[0]
+    f = showing.shape[0]
     per_frame = style_tokens.unsqueeze(1).expand(1, f, -1, -1)
     if not cfg.schedule_conditioning:
         return per_frame
-    state = torch.where(visible.view(1, f, 1, 1), schedule_token(True, cfg), schedule_token(False, cfg))
-    return torch.cat([per_frame, state], dim=2)
+    tokens = torch.cat([schedule_token(g, cfg) for g in range(CLOSED, cfg.groups)], dim=1)     # [1, groups + 1, D]
+    return torch.cat([per_frame, tokens[:, showing + 1].unsqueeze(2)], dim=2)
 
 
 def backdrop_level(phase: torch.Tensor | int, cfg: WorldConfig = DEFAULT_WORLD) -> torch.Tensor:
@@ -148,6 +154,7 @@ class Clip:
     phase: int                 # position in the cycle of frame 0
     decoys: torch.Tensor | None = None   # [F, cells] bool: cells that show a decoy or a passer
     decoy_area: torch.Tensor | None = None   # [cells] bool: the cells where decoys may land
+    showing: torch.Tensor | None = None      # [F] long: the group the open curtain shows (CLOSED: closed)
     cfg: WorldConfig = DEFAULT_WORLD
 
     @property
@@ -156,7 +163,8 @@ class Clip:
         world whose schedule is given as conditioning."""
         if not self.cfg.schedule_conditioning:
             return style_context(self.style, self.cfg)
-        return frame_context(self.style, self.visible, self.cfg)
+        showing = self.showing if self.showing is not None else torch.where(self.visible, 0, CLOSED)
+        return frame_context(self.style, showing, self.cfg)
 
 
 def visible_schedule(frames: int, phase: int, cfg: WorldConfig = DEFAULT_WORLD) -> torch.Tensor:
@@ -254,4 +262,6 @@ def _render_recall(seed: int, frames: int, style: int | None, phase: int, cfg: W
         decoys[t, decoy_cells] = True
     decoy_area = torch.zeros(cfg.cells, dtype=torch.bool)
     decoy_area[area] = True
-    return Clip(out, colors, positions, visible, style, phase, decoys=decoys, decoy_area=decoy_area, cfg=cfg)
+    showing = torch.where(opening >= 0, opening % cfg.groups, CLOSED)
+    return Clip(out, colors, positions, visible, style, phase, decoys=decoys, decoy_area=decoy_area,
+                showing=showing, cfg=cfg)

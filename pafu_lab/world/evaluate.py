@@ -41,6 +41,12 @@ BUDGETED = HEURISTICS + ("pafu",) + RULES + ORACLES
 #: neither is used by training (random world clips), distillation (rollouts with seeds 0..N, world clips
 #: with seeds 7 * 100003 + i) or tuning; the watched world of a batch is scene ``seed * 1000 + row``
 EVAL_SEED, TUNING_SEED = 9000, 5000
+#: the RECALL world's evaluation seed: never looked at before its first table (one look per claim)
+RECALL_EVAL_SEED = 9100
+
+
+def eval_seed(world: WorldConfig) -> int:
+    return RECALL_EVAL_SEED if world.name.startswith("recall") else EVAL_SEED
 
 
 def check_budget_fraction(value: float, policies, flag: str = "--budget", clip: int = DEFAULT_WORLD.clip_frames,
@@ -88,11 +94,21 @@ def check_policies(names, flag: str = "--policies", allowed=BUDGETED) -> list[st
     return list(names)
 
 
-def load_world_models(device: str = "cpu", head_path: str = assets.HEAD,
-                      student_path: str = assets.STUDENT) -> tuple[WanChunkRunner, SalienceHead]:
-    """The committed student and head (or the given files); refuses a head that does not fit the student."""
-    student = WanChunkRunner(load_wan_checkpoint(student_path).to(device).eval().requires_grad_(False))
-    head = load_head(head_path, device=device)
+def world_models(world: WorldConfig) -> tuple[str, str]:
+    """The committed student and head of a world: the shipped ones for PEEKABOO, research weights for RECALL
+    (and its generalisation variants, which test the same models)."""
+    if world.name.startswith("recall"):
+        from ..assets import RECALL_HEAD, RECALL_STUDENT
+        return RECALL_STUDENT, RECALL_HEAD
+    return assets.STUDENT, assets.HEAD
+
+
+def load_world_models(device: str = "cpu", head_path: str | None = None, student_path: str | None = None,
+                      world: WorldConfig = DEFAULT_WORLD) -> tuple[WanChunkRunner, SalienceHead]:
+    """The world's committed student and head (or the given files); refuses a head that does not fit the student."""
+    default_student, default_head = world_models(world)
+    student = WanChunkRunner(load_wan_checkpoint(student_path or default_student).to(device).eval().requires_grad_(False))
+    head = load_head(head_path or default_head, device=device)
     head.check_backbone(student)
     return student, head
 

@@ -1,7 +1,7 @@
 """Oracle cache policies: upper bounds for the quality tables, never offered to users.
 
-* ``WorldOracle`` knows the world's labels: after every chunk it keeps the tokens of the latest
-  appearance of the objects (which will return), then the newest tokens.
+* ``WorldOracle`` knows the world's labels: after every chunk it keeps the tokens of every object's
+  latest appearance (which will return), then the newest tokens.
 * ``CausalUseOracle`` knows the student's future: after every chunk it keeps the tokens that the
   student's own queries from later chunks attend to most in the keep-all rollout of the same noise.
 
@@ -32,7 +32,7 @@ def object_labels(clip, cfg: WorldConfig = DEFAULT_WORLD) -> torch.Tensor:
 
 
 class WorldOracle(Policy):
-    """Keeps the tokens of the objects' latest appearance (by the world's labels), then the newest ones.
+    """Keeps the tokens of each object's latest appearance (by the world's labels), then the newest ones.
 
     It knows the world's labels of the frames the cache held before the entering chunk (the entering
     chunk is protected anyway), which makes it comparable with the frame-reading oracle it replaced."""
@@ -49,17 +49,17 @@ class WorldOracle(Policy):
         if known <= 0:                                                       # nothing before this chunk
             return view.frame_index.float()
         objects = self.objects[:, :known]                                    # [B, F, cells]
-        shown = objects.any(dim=-1)
-        starts = shown & ~torch.cat([torch.zeros_like(shown[:, :1]), shown[:, :-1]], dim=1)
-        frame_ids = torch.arange(shown.shape[1])
-        latest = torch.where(starts, frame_ids, -1).amax(dim=1)             # [B]: start of the latest appearance
+        # per cell, the first frame of its object's latest appearance (objects of one group share it)
+        onset = objects & ~torch.cat([torch.zeros_like(objects[:, :1]), objects[:, :-1]], dim=1)
+        frame_ids = torch.arange(objects.shape[1]).view(1, -1, 1)
+        latest = torch.where(onset, frame_ids, -1).amax(dim=1)              # [B, cells]
         frame = view.frame_index.cpu().long()                               # [L, B, N]
         place = view.place.cpu().long()
         labelled = frame < known
         f = frame.clamp(max=known - 1)
         rows = torch.arange(frame.shape[1]).view(1, -1, 1).expand_as(f)
         is_object = labelled & objects[rows, f, place]
-        keep = is_object & (frame >= latest.view(1, -1, 1))
+        keep = is_object & (frame >= latest[rows, place])
         return (keep.float() * _PRIORITY + frame.float()).to(view.cache.device)
 
 
