@@ -11,12 +11,12 @@ from .cache_patch import PaFuKVCachePatch
 from .head_loader import PaFuSalienceHeadLoader
 from .report import PaFuCacheReport
 from .sampler import PaFuARChunkSampler
-from .timeline import PaFuPromptTimeline
+from .timeline import PaFuPromptTimeline, PaFuTimelineGuider
 from .tiny_world import PaFuTinyWorldDecode, PaFuTinyWorldModel, PaFuTinyWorldScene, PaFuTinyWorldStart
 
 NODES = [PaFuSalienceHeadLoader, PaFuKVCacheBudget, PaFuARChunkSampler, PaFuKVCachePatch, PaFuCacheReport,
-         PaFuPromptTimeline, PaFuARCheckpointLoader, PaFuTinyWorldModel, PaFuTinyWorldScene, PaFuTinyWorldStart,
-         PaFuTinyWorldDecode]
+         PaFuPromptTimeline, PaFuTimelineGuider, PaFuARCheckpointLoader, PaFuTinyWorldModel, PaFuTinyWorldScene,
+         PaFuTinyWorldStart, PaFuTinyWorldDecode]
 
 
 class PaFuExtension(ComfyExtension):

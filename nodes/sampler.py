@@ -108,7 +108,7 @@ class PaFuARChunkSampler(io.ComfyNode):
         samples = latent["samples"]
         first = model.model.process_latent_in(start["samples"].float()) if start is not None else None
         given = check_start(first, samples)
-        cond = with_changes(positive[0][0], timeline or [])
+        cond = with_changes(positive[0][0], [(f, c[0][0]) for f, c in timeline or []])
         cond.check(samples.shape[2], first=given)   # before loading
         for prompt in cond.contexts:
             check_inputs(runner, prompt, samples)

@@ -35,11 +35,13 @@ def budget(core, policy="keep_all", value=6.0, unit="latent_frames", **kw):
     return run(core["ours"]["PaFuKVCacheBudget"], policy=policy, budget=value, budget_unit=unit, sink_frames=0, **kw)[0]
 
 
-def core_sample(core, model, positive, latent, seed=5, block=3):
-    """Core's own graph: RandomNoise -> BasicGuider -> SamplerARVideo -> BasicScheduler(simple, 4) -> SCA."""
+def core_sample(core, model, positive, latent, seed=5, block=3, guider=None):
+    """Core's own graph: RandomNoise -> BasicGuider (or the given guider) -> SamplerARVideo ->
+    BasicScheduler(simple, 4) -> SamplerCustomAdvanced."""
     cs = core["cs"]
     (noise,) = run(cs.RandomNoise, noise_seed=seed)
-    (guider,) = run(cs.BasicGuider, model=model, conditioning=positive)
+    if guider is None:
+        (guider,) = run(cs.BasicGuider, model=model, conditioning=positive)
     (sampler,) = run(core["ar"].SamplerARVideo, num_frame_per_block=block)
     (sigmas,) = run(cs.BasicScheduler, model=model, scheduler="simple", steps=4, denoise=1.0)
     out, _ = run(cs.SamplerCustomAdvanced, noise=noise, guider=guider, sampler=sampler, sigmas=sigmas,
@@ -122,6 +124,45 @@ def test_i2v_start_latent_is_protected_like_a_sink(core):
     import comfy.latent_formats
     first = core["pafu"].world.codec.decode_frames(comfy.latent_formats.Wan21().process_in(out)[0, :, :1])
     assert torch.allclose(first[0], image[0].permute(2, 0, 1) * 2 - 1, atol=1e-4)
+
+
+def test_prompt_timeline_on_core_ar_refreshes_cross_attention(core, monkeypatch):
+    """A change at latent frame 6 through the PaFu Timeline Guider on core's SamplerARVideo, the cache bounded
+    by the patch: the blocks before it are the single-prompt video's, the blocks after differ; without the
+    cross-attention refresh they would not (core reuses the first block's cross-attention), which shows the
+    refresh is what carries the change. A change inside a block is refused before any work."""
+    model = unet(core)
+    teal, latent = scene(core)
+    red = run(core["ours"]["PaFuTinyWorldScene"], style="red", latent_frames=FRAMES, batch_size=1)[0]
+    bounded = patched(core, model, budget(core, "fifo", 6.0))
+    timeline = run(core["ours"]["PaFuPromptTimeline"], change_frames="6", prompt_2=red)[0]
+
+    def guided(change=timeline):
+        guider = run(core["ours"]["PaFuTimelineGuider"], model=bounded, positive=teal, timeline=change)[0]
+        return core_sample(core, bounded, teal, latent, guider=guider)
+
+    caches = []
+    real_layers = core["pafu"].native.NativeKVCaches.layers
+    monkeypatch.setattr(core["pafu"].native.NativeKVCaches, "layers",
+                        lambda self, *a: caches.append(self) or real_layers(self, *a))
+    plain = core_sample(core, bounded, teal, latent)
+    changed = guided()
+    assert torch.allclose(changed[:, :, :6], plain[:, :, :6], atol=1e-6)
+    assert not torch.allclose(changed[:, :, 6:], plain[:, :, 6:], atol=1e-3)
+    assert max(c.tokens_per_layer for c in caches[-1].report.chunks) == 6 * 16
+    assert sum(c.evicted for c in caches[-1].report.chunks) > 0
+
+    guider_module = sys.modules[PACK + ".nodes.timeline"]
+    monkeypatch.setattr(guider_module, "refresh_cross_attention", lambda caches, segment: False)
+    assert torch.allclose(guided(), plain, atol=1e-6)          # core ignores the new prompt without the refresh
+    monkeypatch.undo()
+
+    inside = run(core["ours"]["PaFuPromptTimeline"], change_frames="4", prompt_2=red)[0]
+    calls = []
+    monkeypatch.setattr(core["pafu"].native.NativeKVCaches, "layers", lambda self, *a: calls.append(self))
+    with pytest.raises(ValueError, match="inside the block of latent frames 3-5"):
+        guided(inside)
+    assert not calls                                            # refused before any cache was built
 
 
 def test_budget_below_one_block_reads_well_through_core(core):

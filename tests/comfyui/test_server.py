@@ -32,6 +32,8 @@ EXPECTED_INPUTS = {
     "PaFuTinyWorldDecode": {"latent": "LATENT", "scale": "INT"},
     "PaFuPromptTimeline": {"change_frames": "STRING", "prompt_2": "CONDITIONING", "prompt_3": "CONDITIONING",
                            "prompt_4": "CONDITIONING"},
+    "PaFuTimelineGuider": {"model": "MODEL", "positive": "CONDITIONING", "timeline": "PAFU_TIMELINE",
+                           "negative": "CONDITIONING", "cfg": "FLOAT"},
 }
 DISPLAY = {"PaFuSalienceHeadLoader": "PaFu Salience Head Loader", "PaFuKVCacheBudget": "PaFu KV Cache Budget",
            "PaFuARChunkSampler": "PaFu AR Chunk Sampler", "PaFuCacheReport": "PaFu Cache Report",
