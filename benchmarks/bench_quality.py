@@ -115,7 +115,8 @@ def main(argv=None):
     torch.set_grad_enabled(False)
     os.makedirs(args.out, exist_ok=True)
     world = WORLDS[args.world]
-    student, head = load_world_models(head_path=args.head, student_path=args.student, world=world)
+    student, head = load_world_models(head_path=args.head, student_path=args.student, world=world,
+                                      with_head="pafu" in policies)      # the heuristics alone need no head
     if args.seed is None:
         args.seed = eval_seed(world)
     heads = {"pafu": head}

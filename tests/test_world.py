@@ -294,3 +294,23 @@ def test_world_oracle_keeps_every_groups_latest_appearance():
         onset = max(f for f in frames if f == 0 or clip.colors[f - 1, k] < 0)
         want |= {(f, int(clip.positions[k])) for f in frames if f >= onset}
     assert kept == want and {f for f, _ in kept} & set(range(starts[1], starts[1] + 3))   # the older group too
+
+
+def test_committed_recall_student_was_trained_on_todays_recall_world():
+    """The research weights and the world's code must not drift apart: the student's metadata records the
+    world it learned, and that is today's RECALL preset (a heuristic table needs no head)."""
+    import dataclasses
+    import json
+
+    from safetensors import safe_open
+
+    from pafu_core.world.scenes import RECALL
+    from pafu_lab.world.evaluate import load_world_models, world_models
+
+    path, _ = world_models(RECALL)
+    with safe_open(path, "pt") as fh:
+        trained = json.loads(fh.metadata()["pafu_world"])["world"]
+    today = json.loads(json.dumps(dataclasses.asdict(RECALL)))
+    assert {k: trained.get(k) for k in today} == today
+    student, head = load_world_models(world=RECALL, with_head=False)
+    assert head is None and student.num_layers == 4

@@ -104,10 +104,13 @@ def world_models(world: WorldConfig) -> tuple[str, str]:
 
 
 def load_world_models(device: str = "cpu", head_path: str | None = None, student_path: str | None = None,
-                      world: WorldConfig = DEFAULT_WORLD) -> tuple[WanChunkRunner, SalienceHead]:
-    """The world's committed student and head (or the given files); refuses a head that does not fit the student."""
+                      world: WorldConfig = DEFAULT_WORLD, with_head: bool = True) -> tuple[WanChunkRunner, SalienceHead | None]:
+    """The world's committed student and head (or the given files; no head without ``with_head``); refuses a head
+    that does not fit the student."""
     default_student, default_head = world_models(world)
     student = WanChunkRunner(load_wan_checkpoint(student_path or default_student).to(device).eval().requires_grad_(False))
+    if not with_head:
+        return student, None
     head = load_head(head_path or default_head, device=device)
     head.check_backbone(student)
     return student, head
