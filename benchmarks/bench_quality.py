@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from pafu_core.cli import (Parser, existing_file, fraction_of, list_of, one_of, output_dir,  # noqa: E402
+from pafu_core.cli import (Parser, existing_file, fraction_of, list_of, nonneg_int, one_of, output_dir,  # noqa: E402
                            positive_int, run_cli)
 from pafu_lab.charts import plot_accuracy_vs_budget  # noqa: E402
 from pafu_core.policies import policy_entry  # noqa: E402
@@ -102,6 +102,10 @@ def main(argv=None):
     p.add_argument("--kv-storage", default="model", choices=("model", "int8"))
     p.add_argument("--watched", action=argparse.BooleanOptionalAction, default=True,
                    help="the model watches the world: the cache holds the real frames after each prediction")
+    p.add_argument("--start-frames", type=nonneg_int, default=None,
+                   help="the world's first latent frames given as the start (written to the cache, kept like "
+                        "sinks); default: 1 for free generation (--no-watched), which then scores against the "
+                        "truth they fix, 0 when watching")
     p.add_argument("--out", default="out/bench_quality")
     args = p.parse_args(argv)
     budgets = args.budgets
@@ -125,7 +129,8 @@ def main(argv=None):
         heads[f"pafu[{name}]"].check_backbone(student)
         policies.append(f"pafu[{name}]")
     batch = Batch(seed=args.seed, frames=args.frames, styles=[i % world.num_styles for i in range(args.videos)],
-                  watched=args.watched, world=world)
+                  watched=args.watched, world=world,
+                  start_frames=(0 if args.watched else 1) if args.start_frames is None else args.start_frames)
     bar = tqdm(total=1 + len(budgets) * len(policies), desc="batched rollouts")
     refs = rollouts(student, None, "keep_all", None, batch, kv_storage=args.kv_storage)
     bar.update()
@@ -143,7 +148,9 @@ def main(argv=None):
     learned = [q for q in policies if q.startswith("pafu")]
     text, summary = verdicts(rows, budgets, learned)
     mode = ("watching the world (the cache holds its real frames)" if args.watched
-            else "free rollouts (the cache holds the model's own frames)")
+            else "free generation (the cache holds the model's own frames)")
+    if batch.start_frames:
+        mode += f", from the world's first {batch.start_frames} latent frame{'s' * (batch.start_frames > 1)}"
     header = (f"tiny world {world.name}, {mode}, {args.frames} latent frames, {args.videos} videos (seed {args.seed}), budgets as "
               f"fractions of the {DEFAULT_WORLD.clip_frames}-frame training clip, K/V storage {args.kv_storage}, "
               f"CPU threads {torch.get_num_threads()}; chance = {CHANCE:.3f}")
@@ -152,7 +159,8 @@ def main(argv=None):
     with open(os.path.join(args.out, "results.md"), "w") as fh:
         fh.write(report + "\n")
     per_video = [{"policy": r.policy, "budget": r.budget, "video": r.row, "score": r.accuracy, "recall": r.recall,
-                  "false_rate": r.false_rate, "all_right": r.all_right,
+                  "false_rate": r.false_rate, "all_right": r.all_right, "self_consistent": r.consistency,
+                  "timeline": r.timeline,
                   "psnr": r.psnr, "change": r.change, "rhythm": r.schedule} for r in rows]
     with open(os.path.join(args.out, "results.json"), "w") as fh:
         json.dump({"header": header, "verdicts": summary, "videos": per_video}, fh, indent=1)

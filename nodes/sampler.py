@@ -108,7 +108,7 @@ class PaFuARChunkSampler(io.ComfyNode):
         samples = latent["samples"]
         first = model.model.process_latent_in(start["samples"].float()) if start is not None else None
         given = check_start(first, samples)
-        cond = with_changes(positive[0][0], [(f, c[0][0]) for f, c in timeline or []])
+        cond = with_changes(positive[0][0], [(f, c[0][0]) for f, c in timeline.changes] if timeline else [])
         cond.check(samples.shape[2], first=given)   # before loading
         for prompt in cond.contexts:
             check_inputs(runner, prompt, samples)
@@ -140,7 +140,8 @@ class PaFuARChunkSampler(io.ComfyNode):
             result = sample_video(runner, cond, num_frames=frames, height=h, width=w, policy=policy,
                                   budget=cache.cache_budget(), config=config, batch=b, device=device,
                                   step_callback=on_step, chunk_callback=on_chunk, negative=neg, cfg=cfg,
-                                  kv_storage=cache.kv_storage, observed=observed, start=first)
+                                  kv_storage=cache.kv_storage, observed=observed, start=first,
+                                  recache=bool(timeline and timeline.recache))
         except comfy.model_management.InterruptProcessingException:
             logging.info("PaFu AR Chunk Sampler interrupted between denoising steps; cache freed")
             raise

@@ -3,12 +3,20 @@ all-in-one sampler or, through the PaFu Timeline Guider, for core's own AR sampl
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import comfy.samplers
 from comfy_api.latest import io
 
 from ..pafu_core.native_prompts import block_segment, check_blocks, refresh_cross_attention
 from ..pafu_core.timeline import PromptTimeline, parse_frames
 from .types import PafuTimeline
+
+
+class TimelineChanges(NamedTuple):
+    """The PAFU_TIMELINE payload: the prompt changes and whether the sampler re-caches at each."""
+    changes: list          # [(latent frame, CONDITIONING)]
+    recache: bool = False
 
 
 class PaFuPromptTimeline(io.ComfyNode):
@@ -29,27 +37,35 @@ class PaFuPromptTimeline(io.ComfyNode):
                 io.Conditioning.Input("prompt_2", tooltip="The prompt from the first change frame on."),
                 io.Conditioning.Input("prompt_3", optional=True, tooltip="The prompt from the second change frame on."),
                 io.Conditioning.Input("prompt_4", optional=True, tooltip="The prompt from the third change frame on."),
+                io.Boolean.Input("recache", default=False, optional=True,
+                                 tooltip="PaFu AR Chunk Sampler only: at each change, compute the keys and values "
+                                         "the cache keeps again under the new prompt (one pass over the kept "
+                                         "chunks; LongLive's re-caching). Off: the past keeps the old prompt's."),
             ],
             outputs=[PafuTimeline.Output("timeline", display_name="timeline",
                                          tooltip="Connect to the PaFu AR Chunk Sampler or the PaFu Timeline Guider.")],
         )
 
     @classmethod
-    def execute(cls, change_frames, prompt_2, prompt_3=None, prompt_4=None) -> io.NodeOutput:
+    def execute(cls, change_frames, prompt_2, prompt_3=None, prompt_4=None, recache=False) -> io.NodeOutput:
         frames = parse_frames(change_frames)
         prompts = [p for p in (prompt_2, prompt_3, prompt_4) if p is not None]
         if len(frames) != len(prompts):
             raise ValueError(f"change_frames lists {len(frames)} frame{'s' * (len(frames) != 1)} but "
                              f"{len(prompts)} {'prompts are' if len(prompts) != 1 else 'prompt is'} connected: give one change "
                              f"frame per prompt")
-        return io.NodeOutput(list(zip(frames, prompts)))
+        return io.NodeOutput(TimelineChanges(list(zip(frames, prompts)), bool(recache)))
 
 
 class TimelineGuider(comfy.samplers.CFGGuider):
     """Conditions each block of core's ``sample_ar_video`` on its segment of the timeline and refreshes core's
     cross-attention caches where the prompt changes (``pafu_core/native_prompts.py``)."""
 
-    def set_timeline(self, positive, changes, negative=None):
+    def set_timeline(self, positive, timeline: TimelineChanges, negative=None):
+        if timeline.recache:
+            raise ValueError("re-caching at a prompt change needs the PaFu AR Chunk Sampler: core's AR sampler "
+                             "cannot recompute its cache; switch the timeline's recache off for this guider")
+        changes = timeline.changes
         self.timeline = PromptTimeline((0,) + tuple(f for f, _ in changes),
                                        (positive[0][0],) + tuple(c[0][0] for _, c in changes))
         conds = {"positive": positive, **{f"prompt_{i}": c for i, (_, c) in enumerate(changes, start=1)}}

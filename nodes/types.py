@@ -5,4 +5,4 @@ from comfy_api.latest import io
 PafuHead = io.Custom("PAFU_HEAD")        # pafu_core.salience.SalienceHead
 PafuCache = io.Custom("PAFU_CACHE")      # pafu_core.settings.CacheSettings
 PafuReport = io.Custom("PAFU_REPORT")    # pafu_core.report.CacheReport
-PafuTimeline = io.Custom("PAFU_TIMELINE")  # [(latent frame, CONDITIONING)]: prompt changes
+PafuTimeline = io.Custom("PAFU_TIMELINE")  # TimelineChanges (nodes/timeline.py): prompt changes, re-caching

@@ -223,3 +223,17 @@ class WanChunkRunner:
             cache.commit()
             return None
         return self.unpatchify(self.final_head(out, e, frames), grid)
+
+    def refresh_chunk(self, x: torch.Tensor, timestep: torch.Tensor, frame_start: int, cache) -> None:
+        """Re-caching: a written chunk x [B, C, F, H, W] run again under the cache's current cross-attention,
+        attending to what each layer keeps of earlier frames and to itself; the slots each layer keeps of it
+        take the new K/V (``KVCache.refresh``). Nothing is committed or evicted."""
+        tokens, grid = self.patchify(x)
+        _, e0 = self.embed_time(self._per_frame(timestep, x.shape[0], grid[0]).to(x.device))
+        freqs = self.ops.rope_freqs(self.model, frame_start, grid, x.device, self.dtype)
+
+        def attend(i, q, k, v, h, k_raw):
+            keys, values, mask = cache.refresh(i, k, v, frame_start)
+            return self.ops.attention(q, keys, values, mask)
+
+        self.run_blocks(tokens, e0, grid[0], freqs, cache.cross_kv, attend)

@@ -308,6 +308,43 @@ class KVCache:
     def add_attention_mass(self, layer: int, mass: torch.Tensor) -> None:
         self.state[layer, :, :mass.shape[-1], self.channels.index("mass")] += mass
 
+    # ---- re-caching (a prompt change) ------------------------------------------------------
+    def refresh(self, layer: int, k: torch.Tensor, v: torch.Tensor,
+                frame_start: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Re-caching, one layer of a written chunk run again (``recache.py``): the slots this layer keeps of
+        that chunk take the new roped K and V; returns what the chunk's queries attend to (the kept tokens of
+        earlier frames, already refreshed, and the whole chunk) and its mask [B, 1, 1, keys]. Positions,
+        scores and policy state stay: the same tokens, recomputed."""
+        n, s = self.length, k.shape[1]
+        first = frame_start * self.tokens_per_frame
+        index = self.token_index[layer, :, :n].long()                       # [B, n]
+        inside = (index >= first) & (index < first + s)
+        src = (index - first).clamp(0, s - 1)[..., None, None].expand(-1, -1, self.num_heads, self.head_dim)
+        if self.storage == "model":
+            for i, x in enumerate((k, v)):
+                slots = self.kv[layer, i, :, :n]
+                slots.copy_(torch.where(inside[..., None, None], torch.gather(x, 1, src).to(slots.dtype), slots))
+            held_k, held_v = self.kv[layer, 0, :, :n], self.kv[layer, 1, :, :n]
+        else:
+            old = self.kv[layer, :, :, :n].clone(), self.kv_scale[layer, :, :, :n].clone()
+            self._quantize_into(layer, 0, n, torch.gather(k, 1, src), torch.gather(v, 1, src))
+            keep = ~inside
+            self.kv[layer, :, :, :n] = torch.where(keep[None, ..., None, None], old[0], self.kv[layer, :, :, :n])
+            self.kv_scale[layer, :, :, :n] = torch.where(keep[None, ..., None], old[1], self.kv_scale[layer, :, :, :n])
+            held = self.kv[layer, :, :, :n].to(k.dtype) * self.kv_scale[layer, :, :, :n, :, None].to(k.dtype)
+            held_k, held_v = held[0], held[1]
+        keys = torch.cat([held_k, k.to(held_k.dtype)], dim=1)
+        values = torch.cat([held_v, v.to(held_v.dtype)], dim=1)
+        mask = torch.cat([index < first, torch.ones(index.shape[0], s, dtype=torch.bool, device=index.device)], dim=1)
+        return keys, values, mask[:, None, None, :]
+
+    def held_chunks(self, chunk_starts: list[int]) -> list[int]:
+        """The chunks (by their start frame, ``chunk_starts`` increasing) that hold a token any layer or batch
+        row keeps: what re-caching must run again (one host read)."""
+        frames = torch.unique(self.token_index[:, :, :self.length].long() // self.tokens_per_frame).tolist()
+        starts = torch.tensor(chunk_starts)
+        return sorted({chunk_starts[int(torch.searchsorted(starts, f, right=True)) - 1] for f in frames})
+
     # ---- commit + evict ------------------------------------------------------------------
     def commit(self) -> None:
         """Make the staged chunk part of the cache, score it, and evict down to the budget."""

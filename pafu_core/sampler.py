@@ -24,6 +24,7 @@ from .adapter import WanChunkRunner
 from .cache import CacheBudget, CacheShape, open_cache
 from .policies import Policy
 from .report import CacheReport, ChunkStats
+from .recache import recache as recache_kept
 from .timeline import FramePrompts, PromptTimeline, as_prompts
 from .timing import synchronize
 
@@ -173,7 +174,7 @@ def sample_video(runner: WanChunkRunner, context: torch.Tensor | PromptTimeline 
                  chunk_callback: ChunkCallback | None = None,
                  negative: torch.Tensor | None = None, cfg: float = 1.0, kv_storage: str = "model",
                  max_cache_bytes: int | None = None, observed: torch.Tensor | None = None,
-                 start: torch.Tensor | None = None) -> SampleResult:
+                 start: torch.Tensor | None = None, recache: bool = False) -> SampleResult:
     """Generate ``num_frames`` latent frames chunk by chunk.
 
     ``context`` is one conditioning [B, L, C] for the whole video, one per latent frame [B, F, L, C] (or
@@ -195,10 +196,15 @@ def sample_video(runner: WanChunkRunner, context: torch.Tensor | PromptTimeline 
     start frame): they are written to the cache before anything is generated, the way core's
     ``ARVideoI2V`` seeds its cache, kept as sink frames whatever the policy says, and returned as they
     are; chunks are generated from frame S on.
+
+    ``recache`` (a ``PromptTimeline``) computes the kept keys and values again under the new prompt before
+    the first chunk wholly after each change (``recache.py``).
     """
     if not math.isfinite(cfg):
         raise ValueError(f"cfg must be a finite number, got {cfg}")
     timeline = as_prompts(context)
+    if recache and not isinstance(timeline, PromptTimeline):
+        raise ValueError("re-caching follows the changes of a prompt timeline; per-frame prompts change every frame")
     device = torch.device(device) if device is not None else timeline.contexts[0].device
     gen = torch.Generator("cpu").manual_seed(config.seed)
     if noise is None:
@@ -247,15 +253,28 @@ def sample_video(runner: WanChunkRunner, context: torch.Tensor | PromptTimeline 
                     prompt = torch.cat([prompt, neg])
                 return runner.cross_kv(runner.embed_text(prompt))
 
-            prompt_key = None
+            prompt_key = segment = None
+            chunk_starts = []
+
+            def written_latents(c0: int, c1: int) -> torch.Tensor:
+                """The latents the cache was written with for frames [c0, c1), every cache row."""
+                source = observed if observed is not None and c0 >= given else latents
+                x = source[:, :, c0:c1].to(device=device, dtype=torch.float32)
+                return torch.cat([x, x]) if guided else x
 
             def use_prompts(f0: int, f1: int) -> None:
-                """The chunk's cross-attention K/V, recomputed only where the prompt changes."""
-                nonlocal prompt_key
+                """The chunk's cross-attention K/V, recomputed only where the prompt changes (and, with
+                ``recache``, the kept K/V before the first chunk wholly in a new segment)."""
+                nonlocal prompt_key, segment
                 key = timeline.key(f0, f1)
                 if key != prompt_key:
                     prompt_key = key
                     cache.cross_kv = cross_kv(timeline.text(f0, f1))
+                    if recache and len(key) == 1:
+                        if segment is not None and key[0] != segment and cache.length:
+                            recache_kept(runner, cache, written_latents, chunk_starts, f0, config.context_timestep)
+                        segment = key[0]
+                chunk_starts.append(f0)
 
             def predict(x, t, frame_start, write=False):
                 if not guided:

@@ -136,6 +136,14 @@ def test_world_train_missing_and_wrong_init(tmp_path):
     one_sentence(run("-m", "pafu_lab.world.train", "student", "--out", out, "--init", README),
                  "README.md", "not a checkpoint")
     assert not os.path.exists(out)
+    one_sentence(run("-m", "pafu_lab.world.train", "student", "--out", out, "--views", "full,sometimes"),
+                 "--views", "'sometimes'", "full, window, subset")
+    assert not os.path.exists(out)
+
+
+def test_bench_recache_change_outside_the_video_and_unknown_policy():
+    one_sentence(run("benchmarks/bench_recache.py", "--frames", "60", "--change", "60"), "--change", "2..59")
+    one_sentence(run("benchmarks/bench_recache.py", "--policies", "keep_all,lru"), "'lru'")
 
 
 def test_demo_out_is_a_file():

@@ -314,3 +314,52 @@ def test_committed_recall_student_was_trained_on_todays_recall_world():
     assert {k: trained.get(k) for k in today} == today
     student, head = load_world_models(world=RECALL, with_head=False)
     assert head is None and student.num_layers == 4
+
+
+def _paint(frames, frame_ids, cell, color, cfg=W):
+    r, c = divmod(int(cell), cfg.grid)
+    k = cfg.cell
+    for f in frame_ids:
+        frames[f, :, r * k:(r + 1) * k, c * k:(c + 1) * k] = color.view(3, 1, 1)
+
+
+def test_free_generation_is_scored_against_the_truth_its_start_frame_fixes():
+    """From the world's first frame, every later return is fixed by the world's rules: the world itself scores
+    1 on the score, self-consistency and timeline. A video that keeps one object's colour as *it* last showed
+    it, but not as the world's rule says, is self-consistent and wrong against the truth (drift, not a memory
+    error); one that opens a frame late loses that frame of the timeline."""
+    from pafu_lab.world.metrics import clip_return_scores, clip_returns, self_consistency, timeline_fidelity
+    clip = render_clip(3, 60)
+    truth = clip.frames
+    assert clip.visible[0] and clip_return_scores(truth, clip, start_frames=1) == (1.0, 1.0, 0.0, 1.0)
+    assert self_consistency(truth, clip, start_frames=1) == 1.0 and timeline_fidelity(truth, clip, 1) == 1.0
+
+    drift = truth.clone()
+    starts = [a for a, _ in appearances(truth)]
+    b0, c0 = starts[1], starts[2]
+    stays = OBJECT_COLORS[(int(clip.colors[b0, 0]) + 3) % len(OBJECT_COLORS)]
+    for f in range(b0, len(truth)):                                  # from the first return on, one object keeps
+        if clip.visible[f]:                                          # its own (wrong) colour
+            _paint(drift, [f], clip.positions[0], stays)
+    found = clip_returns(drift, clip, start_frames=1)
+    assert [r.right for r in found] == [W.num_objects - 1] * len(found) and len(found) == len(starts) - 1
+    consistent = 1 - 1 / (W.num_objects * len(found))               # it broke with its own past at b0 only
+    assert self_consistency(drift, clip, start_frames=1) == pytest.approx(consistent)
+
+    late = truth.clone()
+    late[c0] = truth[c0 - 1]                                         # the curtain opens one frame late
+    assert timeline_fidelity(late, clip, 1) == pytest.approx(1 - 1 / 59)
+
+
+def test_free_generation_scores_only_the_groups_its_start_frame_shows():
+    """In the RECALL world the first frame shows one group: the other's cells and colours are the model's to
+    invent, so its openings are not scored against the truth; the shown group's returns are."""
+    from pafu_core.world.scenes import RECALL
+    from pafu_lab.world.metrics import clip_returns
+    clip = render_clip(11, 120, cfg=RECALL)
+    assert clip.visible[0]
+    first_group = int(clip.showing[0])
+    scored = clip_returns(clip.frames, clip, start_frames=1)
+    assert scored and {int(clip.showing[r.frame]) for r in scored} == {first_group}
+    assert all(r.right == r.wanted == RECALL.num_objects // RECALL.groups and r.false == 0 for r in scored)
+    assert len(scored) < len(clip_returns(clip.frames, clip))

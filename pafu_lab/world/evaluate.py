@@ -27,7 +27,8 @@ from pafu_core.world import assets
 from pafu_core.world.codec import decode_frames, encode_frames
 from pafu_core.world.scenes import DEFAULT_WORLD, WorldConfig, render_clip
 
-from .metrics import change_accuracy, clip_return_scores, psnr, return_scores, schedule_accuracy, ssim
+from .metrics import (change_accuracy, clip_return_scores, psnr, return_scores, schedule_accuracy, self_consistency, ssim,
+                      timeline_fidelity)
 from .oracles import CausalUseOracle, WorldOracle, object_labels
 from .rules import ScheduleStandout, TellRule
 
@@ -129,6 +130,8 @@ class Rollout:
     all_right: float               # share of returns with every object right and nothing invented
     change: float
     schedule: float
+    timeline: float = float("nan")     # share of frames open exactly when the schedule says (scored against a clip)
+    consistency: float = float("nan")  # returning objects shown as the video itself last showed them
     psnr: float = float("nan")     # vs keep-all, same noise
     ssim: float = float("nan")
     latents: torch.Tensor | None = None    # [16, F, 8, 8] the model-space video
@@ -152,6 +155,7 @@ class Batch:
     styles: list[int]
     watched: bool = False           # the model watches the world (the cache holds its real frames)
     world: WorldConfig = DEFAULT_WORLD
+    start_frames: int = 0           # the world's first frames given as the start (free generation from them)
 
     @property
     def context(self) -> torch.Tensor:
@@ -178,18 +182,22 @@ class Batch:
 def rollouts(student: WanChunkRunner, head: SalienceHead | None, policy: str, budget_fraction: float | None,
              batch: Batch, device: str = "cpu", sink_frames: int = 1, chunk_callback=None,
              reference: list[Rollout] | None = None, label: str | None = None,
-             kv_storage: str = "model", custom: Policy | None = None) -> list[Rollout]:
+             kv_storage: str = "model", custom: Policy | None = None, context=None,
+             recache: bool = False) -> list[Rollout]:
     """One batched rollout under ``policy`` (``oracle_causal`` needs the keep-all ``reference``;
-    ``custom``: this policy object instead of the named one, e.g. a swept setting)."""
+    ``custom``: this policy object instead of the named one, e.g. a swept setting; ``context``: other
+    conditioning than the world's, e.g. a prompt timeline, with ``recache`` at its changes)."""
     budget = None
     if policy != "keep_all":
         budget = CacheBudget(budget_fraction, unit="fraction", reference_frames=batch.world.clip_frames,
                              sink_frames=sink_frames if policy == "sink_window" else 0)
     side = batch.world.size // 2
-    context = batch.context.to(device)
+    context = batch.context.to(device) if context is None else context
     callbacks = [chunk_callback] if chunk_callback else []
     truth = batch.truth if batch.watched else None
     observed = torch.stack([encode_frames(v) for v in truth]).to(device) if truth is not None else None
+    s = batch.start_frames
+    start = torch.stack([encode_frames(c.frames[:s]) for c in batch.clips]).to(device) if s else None
     open_frames = torch.stack([c.visible for c in batch.clips])
     if policy == "oracle_world":
         pol = WorldOracle(torch.stack([object_labels(c, batch.world) for c in batch.clips]))
@@ -209,15 +217,19 @@ def rollouts(student: WanChunkRunner, head: SalienceHead | None, policy: str, bu
     res = sample_video(student, context, num_frames=batch.frames, height=side, width=side, policy=pol,
                        budget=budget, config=batch.sampler, batch=len(batch.styles), device=device,
                        chunk_callback=(lambda s, x: [c(s, x) for c in callbacks]) if callbacks else None,
-                       kv_storage=kv_storage, observed=observed)
+                       kv_storage=kv_storage, observed=observed, start=start, recache=recache)
     out = []
     for row in range(len(batch.styles)):
         video = decode_frames(res.latents[row].cpu())
         clip = batch.clips[row]
-        scores = return_scores(video, batch.world) if truth is None else clip_return_scores(video, clip)
+        against_clip = truth is not None or s > 0       # the world's truth is known: watched, or fixed by the start
+        scores = clip_return_scores(video, clip, start_frames=s) if against_clip else return_scores(video, batch.world)
+        extra = {}
+        if against_clip:
+            extra = dict(timeline=timeline_fidelity(video, clip, s), consistency=self_consistency(video, clip, start_frames=s))
         out.append(Rollout(label or policy, budget_fraction if budget else None, row, video, res.report,
                            *scores, change_accuracy(video, batch.world), schedule_accuracy(video, batch.world),
-                           latents=res.latents[row].cpu()))
+                           latents=res.latents[row].cpu(), **extra))
     return out
 
 
@@ -264,7 +276,9 @@ TABLE_LEGEND = (
     "Columns: **score** = at every return of the objects, objects shown right (their cell, their latest colour) "
     "minus objects drawn where the world has none, per returning object (1 = all right, nothing invented); "
     "**recall** = objects shown right per returning object; **false** = objects invented per returning object; "
-    "**all-right returns** = share of returns with every object right and nothing invented; **changes** = share "
+    "**all-right returns** = share of returns with every object right and nothing invented; **self-consistent** = "
+    "returning objects shown as the video itself last showed them (a memory error when low, drift when high while "
+    "the score is low); **timeline** = share of frames open exactly when the schedule says; **changes** = share "
     "of objects that change colour within an appearance as the world's rule says; **rhythm** = share of gaps "
     "between appearances that match the world's period; **PSNR / SSIM vs keep-all** = fidelity to the keep-all "
     "video with the same noise; **K/V held** = self-attention K/V in the cache at the end; **cache owns** = every "
@@ -286,9 +300,10 @@ def table(rows: list[Rollout], single: bool = False) -> str:
         return f"{m:.{digits}f}" if single else f"{m:.{digits}f} ± {sd:.{digits}f}"
 
     ci = "" if single else " 95% CI |"
-    out = [f"| budget | policy | score (truth) |{ci} recall | false | all-right returns | changes | rhythm | "
-           "PSNR vs keep-all | SSIM vs keep-all | K/V held MiB | cache owns MiB | chunk ms (end) | policy % | videos |",
-           "|---|---|---|" + ("---|" if ci else "") + "---|---|---|---|---|---|---|---|---|---|---|---|"]
+    out = [f"| budget | policy | score (truth) |{ci} recall | false | all-right returns | self-consistent | timeline | "
+           "changes | rhythm | PSNR vs keep-all | SSIM vs keep-all | K/V held MiB | cache owns MiB | chunk ms (end) | "
+           "policy % | videos |",
+           "|---|---|---|" + ("---|" if ci else "") + "---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for budget, policy in keys:
         group = [r for r in rows if (r.budget, r.policy) == (budget, policy)]
         bounds = ""
@@ -303,8 +318,8 @@ def table(rows: list[Rollout], single: bool = False) -> str:
         ref = policy == "keep_all"
         out.append(f"| {label} | {policy} | {cell([r.accuracy for r in group], 3)} |{bounds} "
                    f"{cell([r.recall for r in group], 3)} | {cell([r.false_rate for r in group], 3)} | "
-                   f"{cell([r.all_right for r in group], 2)} | "
-                   f"{cell([r.change for r in group], 2)} | {cell([r.schedule for r in group], 2)} | "
+                   f"{cell([r.all_right for r in group], 2)} | {cell([r.consistency for r in group], 2)} | "
+                   f"{cell([r.timeline for r in group], 2)} | {cell([r.change for r in group], 2)} | {cell([r.schedule for r in group], 2)} | "
                    f"{'ref' if ref else cell([r.psnr for r in group], 2)} | "
                    f"{'ref' if ref else cell([r.ssim for r in group], 3)} | {kv:.3f} | {own:.3f} | {ms:.1f} | "
                    f"{share:.2f} | {len(group)} |")

@@ -137,36 +137,77 @@ def watched_returns(frames: torch.Tensor, truth: torch.Tensor, cfg: WorldConfig 
     return out
 
 
-def clip_returns(frames: torch.Tensor, clip, tol: float = MATCH_TOLERANCE) -> list[Return]:
-    """Every return in a video predicted while watching ``clip``, by the world's labels: at the first frame
-    of each opening, every object shown that has shown before is wanted (right = its cell shows its true
-    colour, the one of its latest appearance); false = a cell showing an object where the world shows
-    nothing (an object of a group not due, a passer brought back, anything invented), counted where no
-    decoy can land: no model can know where the next opening's decoys will be."""
+def world_labels(clip) -> torch.Tensor:
+    """[F, cells] bool: which cells hold one of the world's objects in each frame, from the world's own labels
+    (its objects' cells and visibility), never from pixels: nothing that merely looks like an object counts."""
+    labels = torch.zeros(clip.colors.shape[0], clip.cfg.cells, dtype=torch.bool)
+    labels[:, clip.positions] = clip.colors >= 0
+    return labels
+
+
+def _openings(visible: torch.Tensor) -> list[int]:
+    return (visible & ~torch.cat([torch.zeros(1, dtype=torch.bool), visible[:-1]])).nonzero().flatten().tolist()
+
+
+def clip_returns(frames: torch.Tensor, clip, tol: float = MATCH_TOLERANCE, start_frames: int = 0) -> list[Return]:
+    """Every return in a video made beside ``clip``, by the world's labels: at the first frame of each
+    opening, every object shown that has shown before is wanted (right = its cell shows its true colour, the
+    one of its latest appearance); false = a cell showing an object where the world shows nothing (an object
+    of a group not due, a passer brought back, anything invented), counted where no decoy can land: no model
+    can know where the next opening's decoys will be.
+
+    A video generated freely from the world's first ``start_frames`` frames can know only the objects those
+    frames show (the world's rules then fix their cells and colours): only openings whose objects all showed
+    there are scored (an object first shown later is the model's own invention, as valid as the world's)."""
     cfg = clip.cfg
     true_colors, got_colors = cell_colors(clip.frames, cfg), cell_colors(frames, cfg)
     world_shows, got = object_mask(true_colors), object_mask(got_colors)
-    labels = torch.zeros(clip.colors.shape[0], cfg.cells, dtype=torch.bool)
-    labels[:, clip.positions] = clip.colors >= 0
-    vis = clip.visible
-    starts = (vis & ~torch.cat([torch.zeros(1, dtype=torch.bool), vis[:-1]])).nonzero().flatten().tolist()
-    seen = torch.zeros(cfg.cells, dtype=torch.bool)
+    labels = world_labels(clip)
     area = clip.decoy_area if clip.decoy_area is not None else torch.zeros(cfg.cells, dtype=torch.bool)
+    starts = [b0 for b0 in _openings(clip.visible) if b0 >= start_frames]
+    seen = labels[:start_frames].any(dim=0)          # nothing known before the first opening when watched
     out = []
     for i, b0 in enumerate(starts):
         want = labels[b0] & seen
-        if want.any():
+        if want.any() and not (start_frames and (labels[b0] & ~seen).any()):
             hit = want & got[b0] & ((got_colors[b0] - true_colors[b0]).norm(dim=-1) < tol)
             invented = got[b0] & ~world_shows[b0] & ~area
             out.append(Return(b0, int(hit.sum()), int(want.sum()), int(invented.sum())))
-        end = starts[i + 1] if i + 1 < len(starts) else len(vis)
-        seen |= labels[b0:end].any(dim=0)
+        if not start_frames:
+            end = starts[i + 1] if i + 1 < len(starts) else len(clip.visible)
+            seen |= labels[b0:end].any(dim=0)
     return out
 
 
-def clip_return_scores(frames: torch.Tensor, clip, tol: float = MATCH_TOLERANCE) -> ReturnScores:
+def timeline_fidelity(frames: torch.Tensor, clip, start_frames: int = 0) -> float:
+    """Share of the generated frames that are open (an object in some object cell) exactly when the world's
+    schedule (the timeline) says the curtain is open."""
+    shows = (object_mask(cell_colors(frames, clip.cfg)) & world_labels(clip).any(dim=0)).any(dim=-1)
+    return float((shows == clip.visible)[start_frames:].float().mean())
+
+
+def self_consistency(frames: torch.Tensor, clip, tol: float = MATCH_TOLERANCE, start_frames: int = 0) -> float:
+    """At the returns ``clip_returns`` scores: share of returning objects that the video shows with the colour
+    it itself last showed in their cell (in its own timing). Beside the score against the truth it tells a
+    memory error (not what the video showed) from drift (what the video showed, but not the world)."""
+    cfg = clip.cfg
+    colors = cell_colors(frames, cfg)
+    got = object_mask(colors)
+    labels = world_labels(clip)
+    consistent = wanted = 0
+    for r in clip_returns(frames, clip, tol, start_frames):
+        for cell in (labels[r.frame] & labels[:r.frame].any(dim=0)).nonzero().flatten().tolist():
+            shown = got[:r.frame, cell].nonzero()
+            if got[r.frame, cell] and len(shown):
+                last = int(shown.max())                                   # the video's own last showing
+                consistent += bool((colors[r.frame, cell] - colors[last, cell]).norm() < tol)
+            wanted += 1
+    return consistent / wanted if wanted else float("nan")
+
+
+def clip_return_scores(frames: torch.Tensor, clip, tol: float = MATCH_TOLERANCE, start_frames: int = 0) -> ReturnScores:
     """``clip_returns`` summed (see ``ReturnScores``); NaN when the clip has no return."""
-    found = clip_returns(frames, clip, tol)
+    found = clip_returns(frames, clip, tol, start_frames)
     return ReturnScores.of(found) if found else NO_SCORES
 
 

@@ -17,6 +17,7 @@ from pafu_core.sampler import TIMESTEP_SCALE
 from pafu_core.world.scenes import DEFAULT_WORLD, WorldConfig
 
 from ..teacher import SSEConfig, attention_use
+from .metrics import world_labels
 
 #: a priority outranks any recency difference (frame indices stay far below it)
 _PRIORITY = 1e6
@@ -26,9 +27,7 @@ def object_labels(clip, cfg: WorldConfig = DEFAULT_WORLD) -> torch.Tensor:
     """[F, cells] bool: which cells hold one of the world's objects in each frame, from the world's own
     labels (its objects' cells and visibility), never from pixels, so nothing that merely looks like an
     object (a decoy, a highlight) counts."""
-    labels = torch.zeros(clip.colors.shape[0], cfg.cells, dtype=torch.bool)
-    labels[:, clip.positions] = clip.colors >= 0
-    return labels
+    return world_labels(clip)
 
 
 class WorldOracle(Policy):

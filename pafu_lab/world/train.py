@@ -32,7 +32,8 @@ import torch
 from tqdm.auto import tqdm
 
 from pafu_core.adapter import WanChunkRunner
-from pafu_core.cli import Parser, existing_file, nonneg_int, output_file, positive_float, positive_int, run_cli, torch_device
+from pafu_core.cli import (Parser, existing_file, list_of, nonneg_int, one_of, output_file, positive_float, positive_int,
+                           run_cli, torch_device)
 from pafu_core.sampler import TIMESTEP_SCALE, SamplerConfig, warp_timesteps
 from pafu_core.wan import WanConfig, WanDiT, init_weights_, load_wan_checkpoint
 from pafu_core.world.codec import encode_frames
@@ -101,6 +102,11 @@ def teacher_loss(runner: WanChunkRunner, lat, ctx, weights, gen, device) -> torc
     offset = int(torch.randint(MAX_OFFSET, (1,), generator=gen))
     pred = runner.forward_full(x, sigma * TIMESTEP_SCALE, ctx, frame_offset=offset)
     return weighted_mse(pred, noise - lat, weights)
+
+
+#: the student's view of the past, step by step in turn (``teacher_forcing_mask``): mostly all of it, sometimes
+#: a window or a random subset (budgeted caches stay in distribution)
+PAST_VIEWS = ("full", "full", "full", "window", "subset")
 
 
 def teacher_forcing_mask(frames: int, chunk: int, tpf: int, gen, mode: str) -> torch.Tensor:
@@ -181,7 +187,7 @@ def save_model(model: WanDiT, path: str, meta: dict) -> None:
 
 def train(kind: str, steps: int, batch: int, lr: float, seed: int, device: str, out: str,
           init: str | None = None, log_every: int = 50, own_context: int = 0, world: WorldConfig = DEFAULT_WORLD,
-          frames: int | None = None) -> dict:
+          frames: int | None = None, views: tuple[str, ...] = PAST_VIEWS) -> dict:
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     if init:
@@ -201,7 +207,7 @@ def train(kind: str, steps: int, batch: int, lr: float, seed: int, device: str, 
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
     sampler = SamplerConfig()
-    modes = ("full", "full", "full", "window", "subset")
+    modes = tuple(views)
     history = []
     bar = tqdm(total=steps, desc=f"train {kind}", mininterval=5)
     t0 = time.perf_counter()
@@ -229,7 +235,7 @@ def train(kind: str, steps: int, batch: int, lr: float, seed: int, device: str, 
     meta = {"kind": kind, "steps": steps, "batch": batch, "lr": lr, "seed": seed, "device": device,
             "init": os.path.basename(init) if init else None, "own_context": own_context, "final_loss": history[-1][1],
             "minutes": round((time.perf_counter() - t0) / 60, 1), "world": world.__dict__,
-            "frames": frames or world.clip_frames}
+            "frames": frames or world.clip_frames, "views": list(modes)}
     save_model(model, out, meta)
     return meta
 
@@ -248,13 +254,16 @@ def main(argv=None) -> None:
     p.add_argument("--world", choices=sorted(WORLDS), default=DEFAULT_WORLD.name)
     p.add_argument("--frames", type=positive_int, default=None,
                    help="training clip length in latent frames (default: the world's clip; budgets keep that reference)")
+    p.add_argument("--views", type=list_of(one_of(("full", "window", "subset"), "view of the past")),
+                   default=list(PAST_VIEWS), help="the student's view of the past, step by step in turn "
+                   f"(default: {','.join(PAST_VIEWS)})")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     output_file(args.out, "--out")
     if args.init:                   # a wrong file is refused before any training step
         load_wan_checkpoint(args.init)
     meta = train(args.kind, args.steps, args.batch, args.lr, args.seed, args.device, args.out, args.init,
-                 own_context=args.own_context, world=WORLDS[args.world], frames=args.frames)
+                 own_context=args.own_context, world=WORLDS[args.world], frames=args.frames, views=tuple(args.views))
     print(json.dumps(meta, indent=1))
 
 

@@ -157,6 +157,9 @@ def test_prompt_timeline_on_core_ar_refreshes_cross_attention(core, monkeypatch)
     assert torch.allclose(guided(), plain, atol=1e-6)          # core ignores the new prompt without the refresh
     monkeypatch.undo()
 
+    with pytest.raises(ValueError, match="re-caching at a prompt change needs the PaFu AR Chunk Sampler"):
+        run(core["ours"]["PaFuTimelineGuider"], model=bounded, positive=teal,
+            timeline=run(core["ours"]["PaFuPromptTimeline"], change_frames="6", prompt_2=red, recache=True)[0])
     inside = run(core["ours"]["PaFuPromptTimeline"], change_frames="4", prompt_2=red)[0]
     calls = []
     monkeypatch.setattr(core["pafu"].native.NativeKVCaches, "layers", lambda self, *a: calls.append(self))

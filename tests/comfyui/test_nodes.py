@@ -241,6 +241,10 @@ def test_prompt_timeline_through_the_sampler_node(pack):
     assert torch.equal(changed[:, :, :6], plain[:, :, :6])
     assert not torch.allclose(changed[:, :, 6:], plain[:, :, 6:], atol=1e-3)
     assert max(c.tokens_per_layer for c in report.chunks) == 6 * 16
+    recached = run(nodes["PaFuARChunkSampler"], timeline=run(nodes["PaFuPromptTimeline"], change_frames="6",
+                                                               prompt_2=red, recache=True)[0], **args)[0]["samples"]
+    assert torch.equal(recached[:, :, :6], plain[:, :, :6])          # the kept past re-run under the new prompt
+    assert not torch.allclose(recached[:, :, 6:], changed[:, :, 6:], atol=1e-4)
     inside = run(nodes["PaFuARChunkSampler"], timeline=run(nodes["PaFuPromptTimeline"], change_frames="4",
                                                              prompt_2=red)[0], **args)[0]["samples"]
     assert torch.equal(inside[:, :, :3], plain[:, :, :3])            # a change inside a chunk: frame by frame

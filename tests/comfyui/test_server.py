@@ -31,7 +31,7 @@ EXPECTED_INPUTS = {
                            "batch_size": "INT"},
     "PaFuTinyWorldDecode": {"latent": "LATENT", "scale": "INT"},
     "PaFuPromptTimeline": {"change_frames": "STRING", "prompt_2": "CONDITIONING", "prompt_3": "CONDITIONING",
-                           "prompt_4": "CONDITIONING"},
+                           "prompt_4": "CONDITIONING", "recache": "BOOLEAN"},
     "PaFuTimelineGuider": {"model": "MODEL", "positive": "CONDITIONING", "timeline": "PAFU_TIMELINE",
                            "negative": "CONDITIONING", "cfg": "FLOAT"},
 }
