@@ -70,7 +70,8 @@ def main(argv=None) -> None:
             for r, clip, style in zip(rows, batch.clips, new_styles):
                 err = tint_error(r.frames, clip, style)
                 after = [x for x in clip_returns(r.frames, clip, start_frames=1) if x.frame >= args.change]
-                per_video.append((float(err[first_after:first_after + chunk].mean()), float(err[args.change:].mean()),
+                first_chunk = err[first_after:first_after + chunk]
+                per_video.append((float(first_chunk.mean()), float(err[args.change:].mean()),
                                   ReturnScores.of(after).primary))
             results[policy, recache] = per_video
     lines = [f"tiny world, free generation from the first frame, {args.frames} latent frames, {args.videos} videos "

@@ -87,6 +87,10 @@ class TimelineGuider(comfy.samplers.CFGGuider):
             raise ValueError("the PaFu Timeline Guider conditions the blocks of core's autoregressive sampler: use "
                              "it with SamplerARVideo on a causal-AR Wan (ComfyUI 0.27+); for other samplers use a "
                              "CFG Guider, or the PaFu AR Chunk Sampler with its timeline input")
+        if not {"start_frame", "crossattn_caches"} <= set(ar_state):
+            raise ValueError("this ComfyUI's AR sampler state has no start_frame or crossattn_caches (built against "
+                             f"0.27, which has both; found {sorted(ar_state)}): the PaFu Timeline Guider cannot "
+                             "follow it. Use the PaFu AR Chunk Sampler's timeline input instead")
         segment = block_segment(self.timeline, int(ar_state["start_frame"]), x.shape[2])
         refresh_cross_attention(ar_state["crossattn_caches"], segment)
         positive = self.conds["positive" if segment == 0 else f"prompt_{segment}"]

@@ -27,8 +27,8 @@ from pafu_core.world import assets
 from pafu_core.world.codec import decode_frames, encode_frames
 from pafu_core.world.scenes import DEFAULT_WORLD, WorldConfig, render_clip
 
-from .metrics import (change_accuracy, clip_return_scores, psnr, return_scores, schedule_accuracy, self_consistency, ssim,
-                      timeline_fidelity)
+from .metrics import (change_accuracy, clip_return_scores, psnr, return_scores, schedule_accuracy, self_consistency,
+                      ssim, timeline_fidelity)
 from .oracles import CausalUseOracle, WorldOracle, object_labels
 from .rules import ScheduleStandout, TellRule
 
@@ -105,11 +105,13 @@ def world_models(world: WorldConfig) -> tuple[str, str]:
 
 
 def load_world_models(device: str = "cpu", head_path: str | None = None, student_path: str | None = None,
-                      world: WorldConfig = DEFAULT_WORLD, with_head: bool = True) -> tuple[WanChunkRunner, SalienceHead | None]:
+                      world: WorldConfig = DEFAULT_WORLD,
+                      with_head: bool = True) -> tuple[WanChunkRunner, SalienceHead | None]:
     """The world's committed student and head (or the given files; no head without ``with_head``); refuses a head
     that does not fit the student."""
     default_student, default_head = world_models(world)
-    student = WanChunkRunner(load_wan_checkpoint(student_path or default_student).to(device).eval().requires_grad_(False))
+    model = load_wan_checkpoint(student_path or default_student).to(device).eval().requires_grad_(False)
+    student = WanChunkRunner(model)
     if not with_head:
         return student, None
     head = load_head(head_path or default_head, device=device)
@@ -223,10 +225,13 @@ def rollouts(student: WanChunkRunner, head: SalienceHead | None, policy: str, bu
         video = decode_frames(res.latents[row].cpu())
         clip = batch.clips[row]
         against_clip = truth is not None or s > 0       # the world's truth is known: watched, or fixed by the start
-        scores = clip_return_scores(video, clip, start_frames=s) if against_clip else return_scores(video, batch.world)
         extra = {}
         if against_clip:
-            extra = dict(timeline=timeline_fidelity(video, clip, s), consistency=self_consistency(video, clip, start_frames=s))
+            scores = clip_return_scores(video, clip, start_frames=s)
+            extra = dict(timeline=timeline_fidelity(video, clip, s),
+                         consistency=self_consistency(video, clip, start_frames=s))
+        else:
+            scores = return_scores(video, batch.world)
         out.append(Rollout(label or policy, budget_fraction if budget else None, row, video, res.report,
                            *scores, change_accuracy(video, batch.world), schedule_accuracy(video, batch.world),
                            latents=res.latents[row].cpu(), **extra))

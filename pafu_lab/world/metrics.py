@@ -205,7 +205,8 @@ def self_consistency(frames: torch.Tensor, clip, tol: float = MATCH_TOLERANCE, s
     return consistent / wanted if wanted else float("nan")
 
 
-def clip_return_scores(frames: torch.Tensor, clip, tol: float = MATCH_TOLERANCE, start_frames: int = 0) -> ReturnScores:
+def clip_return_scores(frames: torch.Tensor, clip, tol: float = MATCH_TOLERANCE,
+                       start_frames: int = 0) -> ReturnScores:
     """``clip_returns`` summed (see ``ReturnScores``); NaN when the clip has no return."""
     found = clip_returns(frames, clip, tol, start_frames)
     return ReturnScores.of(found) if found else NO_SCORES
