@@ -363,3 +363,24 @@ def test_free_generation_scores_only_the_groups_its_start_frame_shows():
     assert scored and {int(clip.showing[r.frame]) for r in scored} == {first_group}
     assert all(r.right == r.wanted == RECALL.num_objects // RECALL.groups and r.false == 0 for r in scored)
     assert len(scored) < len(clip_returns(clip.frames, clip))
+
+
+def test_the_students_loss_weighs_every_object_cell_of_an_open_frame():
+    """In an open frame of the RECALL world the cells of the group not shown weigh as much as the objects
+    shown (drawing the wrong group costs what missing the right one does); on the peekaboo world, where every
+    object shows in every open frame, the weights are the objects' cells alone."""
+    from pafu_core.world.scenes import RECALL
+    from pafu_lab.world.train import DECOY_WEIGHT, OBJECT_WEIGHT, salient_weights
+    from pafu_lab.world.metrics import world_labels
+    clip = render_clip(11, 60, cfg=RECALL)
+    cells = salient_weights(clip)[0][:, ::2, ::2].flatten(1)             # [F, cells]: one value per cell
+    labels = world_labels(clip)
+    f = int(clip.visible.nonzero()[0])
+    hidden = labels.any(dim=0) & ~labels[f]
+    assert hidden.any() and (cells[f, hidden] == OBJECT_WEIGHT).all() and (cells[f, labels[f]] == OBJECT_WEIGHT).all()
+    closed = int((~clip.visible).nonzero()[0])
+    assert (cells[closed, labels.any(dim=0)] == 1).all()
+    assert set(cells[f].unique().tolist()) <= {1.0, DECOY_WEIGHT, OBJECT_WEIGHT}
+    peek = render_clip(3, 40)
+    expected = 1 + (OBJECT_WEIGHT - 1) * world_labels(peek).float()
+    assert torch.equal(salient_weights(peek)[0][:, ::2, ::2].flatten(1), expected)

@@ -73,12 +73,15 @@ DECOY_WEIGHT = 2.0
 
 
 def salient_weights(clip) -> torch.Tensor:
-    """[1, F, h, w] loss weights over one clip's latents, from the world's labels: OBJECT_WEIGHT on the cells
-    that show an object (what must be remembered), DECOY_WEIGHT on decoys; passers, which no model can
-    predict, weigh as the backdrop."""
+    """[1, F, h, w] loss weights over one clip's latents, from the world's labels: OBJECT_WEIGHT on every
+    object's cell in every open frame (what must be remembered, and, where another group shows, must not be
+    drawn: an object drawn there costs as much as one missed), DECOY_WEIGHT on decoys; passers, which no
+    model can predict, weigh as the backdrop."""
     from .oracles import object_labels
     cfg = clip.cfg
-    weight = 1 + (OBJECT_WEIGHT - 1) * object_labels(clip, cfg).float()
+    labels = object_labels(clip, cfg)
+    watched = labels | (clip.visible[:, None] & labels.any(dim=0)[None, :])
+    weight = 1 + (OBJECT_WEIGHT - 1) * watched.float()
     if clip.decoys is not None:
         weight = weight + (DECOY_WEIGHT - 1) * (clip.decoys & clip.visible[:, None]).float()
     weight = weight.view(-1, cfg.grid, cfg.grid)
