@@ -165,7 +165,7 @@ def main(argv=None):
     with open(os.path.join(args.out, "results.json"), "w") as fh:
         json.dump({"header": header, "verdicts": summary, "videos": per_video}, fh, indent=1)
     plot_accuracy_vs_budget(rows, budgets, ["keep_all"] + policies, os.path.join(args.out, "accuracy_vs_budget.png"),
-                            chance=CHANCE)
+                            frames=args.frames, chance=CHANCE)
     print(f"\nwrote {args.out}/results.md, results.json and accuracy_vs_budget.png")
 
 

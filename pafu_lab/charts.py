@@ -14,7 +14,7 @@ def _pyplot():
     return plt
 
 
-def plot_accuracy_vs_budget(rows, budgets, policies, path: str, chance: float | None = None) -> None:
+def plot_accuracy_vs_budget(rows, budgets, policies, path: str, frames: int, chance: float | None = None) -> None:
     """Mean primary return score with its 95% CI against the budget, one line per policy (keep-all: a band)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
@@ -40,7 +40,7 @@ def plot_accuracy_vs_budget(rows, budgets, policies, path: str, chance: float | 
     ax.set_xticks([100 * x for x in xs])
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, ncol=2)
-    ax.set_title("Objects back as last seen, 360-frame videos (mean, 95% CI)")
+    ax.set_title(f"Objects back as last seen, {frames}-frame videos (mean, 95% CI)")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

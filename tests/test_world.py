@@ -296,9 +296,10 @@ def test_world_oracle_keeps_every_groups_latest_appearance():
     assert kept == want and {f for f, _ in kept} & set(range(starts[1], starts[1] + 3))   # the older group too
 
 
-def test_committed_recall_student_was_trained_on_todays_recall_world():
+def test_committed_recall_models_were_trained_on_todays_recall_world():
     """The research weights and the world's code must not drift apart: the student's metadata records the
-    world it learned, and that is today's RECALL preset (a heuristic table needs no head)."""
+    world it learned, and that is today's RECALL preset (a heuristic table needs no head); the head was
+    distilled for this student (its backbone fingerprint) with the age form that cannot turn around."""
     import dataclasses
     import json
 
@@ -314,6 +315,8 @@ def test_committed_recall_student_was_trained_on_todays_recall_world():
     assert {k: trained.get(k) for k in today} == today
     student, head = load_world_models(world=RECALL, with_head=False)
     assert head is None and student.num_layers == 4
+    student, head = load_world_models(world=RECALL)           # refuses a head that does not fit the student
+    assert head.config.age_form == "monotone" and head.config.recency == 0.0
 
 
 def _paint(frames, frame_ids, cell, color, cfg=W):
