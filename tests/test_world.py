@@ -387,3 +387,21 @@ def test_the_students_loss_weighs_every_object_cell_of_an_open_frame():
     peek = render_clip(3, 40)
     expected = 1 + (OBJECT_WEIGHT - 1) * world_labels(peek).float()
     assert torch.equal(salient_weights(peek)[0][:, ::2, ::2].flatten(1), expected)
+
+
+def test_weighing_every_open_cell_spares_only_where_decoys_land():
+    """``open_weight="cells"``: in an open frame every cell where no decoy can land weighs like an object (an
+    object invented on the backdrop costs what a missed one does); the decoy area and closed frames keep the
+    default weights, and an unknown choice is refused."""
+    from pafu_core.world.scenes import RECALL
+    from pafu_lab.world.train import OBJECT_WEIGHT, salient_weights
+    clip = render_clip(11, 60, cfg=RECALL)
+    default = salient_weights(clip)[0][:, ::2, ::2].flatten(1)
+    cells = salient_weights(clip, "cells")[0][:, ::2, ::2].flatten(1)
+    open_ = clip.visible
+    assert (cells[open_][:, ~clip.decoy_area] == OBJECT_WEIGHT).all()
+    assert torch.equal(cells[open_][:, clip.decoy_area], default[open_][:, clip.decoy_area])
+    assert torch.equal(cells[~open_], default[~open_])
+    assert (default[open_][:, ~clip.decoy_area] == 1).any()          # the default leaves backdrop cells at 1
+    with pytest.raises(ValueError, match="open_weight"):
+        salient_weights(clip, "everything")

@@ -43,7 +43,8 @@ TINY_WAN = WanConfig(dim=128, ffn_dim=384, num_heads=1, num_layers=4)
 MAX_OFFSET = 10 * DEFAULT_WORLD.clip_frames        # demo length: 10x the training clip
 
 
-def world_batch(step: int, batch: int, seed: int, cfg: WorldConfig = DEFAULT_WORLD, frames: int | None = None):
+def world_batch(step: int, batch: int, seed: int, cfg: WorldConfig = DEFAULT_WORLD, frames: int | None = None,
+                open_weight: str = "objects"):
     """Clips at random phases and styles: latents [B, 16, F, 8, 8] and contexts [B, L, 4096] (per frame,
     [B, F, L, 4096], in a world whose schedule is conditioning)."""
     frames = frames or cfg.clip_frames
@@ -61,7 +62,7 @@ def world_batch(step: int, batch: int, seed: int, cfg: WorldConfig = DEFAULT_WOR
         clip = render_clip(clip_seed, frames, phase=phase, cfg=cfg)
         lat.append(encode_frames(clip.frames))
         ctx.append(clip.context)
-        weights.append(salient_weights(clip))
+        weights.append(salient_weights(clip, open_weight))
     return torch.stack(lat), torch.cat(ctx), torch.stack(weights)
 
 
@@ -72,15 +73,26 @@ OBJECT_WEIGHT = 8.0
 DECOY_WEIGHT = 2.0
 
 
-def salient_weights(clip) -> torch.Tensor:
+#: what of an open frame weighs OBJECT_WEIGHT: every object's cell, or every cell where no decoy can land
+OPEN_WEIGHTS = ("objects", "cells")
+
+
+def salient_weights(clip, open_weight: str = "objects") -> torch.Tensor:
     """[1, F, h, w] loss weights over one clip's latents, from the world's labels: OBJECT_WEIGHT on every
     object's cell in every open frame (what must be remembered, and, where another group shows, must not be
-    drawn: an object drawn there costs as much as one missed), DECOY_WEIGHT on decoys; passers, which no
-    model can predict, weigh as the backdrop."""
+    drawn: an object drawn there costs as much as one missed; ``open_weight="cells"``: on every cell of an
+    open frame where no decoy can land, so an object invented on the backdrop costs as much too),
+    DECOY_WEIGHT on decoys; passers, which no model can predict, weigh as the backdrop."""
     from .oracles import object_labels
+    if open_weight not in OPEN_WEIGHTS:
+        raise ValueError(f"open_weight must be one of {OPEN_WEIGHTS}, got {open_weight!r}")
     cfg = clip.cfg
     labels = object_labels(clip, cfg)
-    watched = labels | (clip.visible[:, None] & labels.any(dim=0)[None, :])
+    if open_weight == "cells":
+        area = clip.decoy_area if clip.decoy_area is not None else torch.zeros(cfg.cells, dtype=torch.bool)
+        watched = labels | (clip.visible[:, None] & ~area[None, :])
+    else:
+        watched = labels | (clip.visible[:, None] & labels.any(dim=0)[None, :])
     weight = 1 + (OBJECT_WEIGHT - 1) * watched.float()
     if clip.decoys is not None:
         weight = weight + (DECOY_WEIGHT - 1) * (clip.decoys & clip.visible[:, None]).float()
@@ -190,7 +202,7 @@ def save_model(model: WanDiT, path: str, meta: dict) -> None:
 
 def train(kind: str, steps: int, batch: int, lr: float, seed: int, device: str, out: str,
           init: str | None = None, log_every: int = 50, own_context: int = 0, world: WorldConfig = DEFAULT_WORLD,
-          frames: int | None = None, views: tuple[str, ...] = PAST_VIEWS) -> dict:
+          frames: int | None = None, views: tuple[str, ...] = PAST_VIEWS, open_weight: str = "objects") -> dict:
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     if init:
@@ -216,7 +228,7 @@ def train(kind: str, steps: int, batch: int, lr: float, seed: int, device: str, 
     t0 = time.perf_counter()
     running = []
     for step in range(steps):
-        lat, ctx, weights = (t.to(device) for t in world_batch(step, batch, seed, world, frames))
+        lat, ctx, weights = (t.to(device) for t in world_batch(step, batch, seed, world, frames, open_weight))
         if kind == "teacher":
             loss = teacher_loss(runner, lat, ctx, weights, gen, device)
         else:
@@ -238,7 +250,7 @@ def train(kind: str, steps: int, batch: int, lr: float, seed: int, device: str, 
     meta = {"kind": kind, "steps": steps, "batch": batch, "lr": lr, "seed": seed, "device": device,
             "init": os.path.basename(init) if init else None, "own_context": own_context, "final_loss": history[-1][1],
             "minutes": round((time.perf_counter() - t0) / 60, 1), "world": world.__dict__,
-            "frames": frames or world.clip_frames, "views": list(modes)}
+            "frames": frames or world.clip_frames, "views": list(modes), "open_weight": open_weight}
     save_model(model, out, meta)
     return meta
 
@@ -260,13 +272,17 @@ def main(argv=None) -> None:
     p.add_argument("--views", type=list_of(one_of(("full", "window", "subset"), "view of the past")),
                    default=list(PAST_VIEWS), help="the student's view of the past, step by step in turn "
                    f"(default: {','.join(PAST_VIEWS)})")
+    p.add_argument("--open-weight", type=one_of(OPEN_WEIGHTS, "open weight"), default="objects",
+                   help="what of an open frame the loss weighs like an object: every object's cell (objects), or "
+                        "every cell where no decoy can land (cells)")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     output_file(args.out, "--out")
     if args.init:                   # a wrong file is refused before any training step
         load_wan_checkpoint(args.init)
     meta = train(args.kind, args.steps, args.batch, args.lr, args.seed, args.device, args.out, args.init,
-                 own_context=args.own_context, world=WORLDS[args.world], frames=args.frames, views=tuple(args.views))
+                 own_context=args.own_context, world=WORLDS[args.world], frames=args.frames, views=tuple(args.views),
+                 open_weight=args.open_weight)
     print(json.dumps(meta, indent=1))
 
 
