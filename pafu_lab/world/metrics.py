@@ -145,6 +145,14 @@ def world_labels(clip) -> torch.Tensor:
     return labels
 
 
+def decoy_cells(clip) -> torch.Tensor:
+    """[cells] bool: where the clip's decoys may land (none in a world without decoys): no model can know
+    where the next opening's decoys will be, so scores and losses treat these cells apart."""
+    if clip.decoy_area is not None:
+        return clip.decoy_area
+    return torch.zeros(clip.cfg.cells, dtype=torch.bool)
+
+
 def _openings(visible: torch.Tensor) -> list[int]:
     return (visible & ~torch.cat([torch.zeros(1, dtype=torch.bool), visible[:-1]])).nonzero().flatten().tolist()
 
@@ -163,7 +171,7 @@ def clip_returns(frames: torch.Tensor, clip, tol: float = MATCH_TOLERANCE, start
     true_colors, got_colors = cell_colors(clip.frames, cfg), cell_colors(frames, cfg)
     world_shows, got = object_mask(true_colors), object_mask(got_colors)
     labels = world_labels(clip)
-    area = clip.decoy_area if clip.decoy_area is not None else torch.zeros(cfg.cells, dtype=torch.bool)
+    area = decoy_cells(clip)
     starts = [b0 for b0 in _openings(clip.visible) if b0 >= start_frames]
     seen = labels[:start_frames].any(dim=0)          # nothing known before the first opening when watched
     out = []

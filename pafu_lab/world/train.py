@@ -83,14 +83,14 @@ def salient_weights(clip, open_weight: str = "objects") -> torch.Tensor:
     drawn: an object drawn there costs as much as one missed; ``open_weight="cells"``: on every cell of an
     open frame where no decoy can land, so an object invented on the backdrop costs as much too),
     DECOY_WEIGHT on decoys; passers, which no model can predict, weigh as the backdrop."""
+    from .metrics import decoy_cells
     from .oracles import object_labels
     if open_weight not in OPEN_WEIGHTS:
         raise ValueError(f"open_weight must be one of {OPEN_WEIGHTS}, got {open_weight!r}")
     cfg = clip.cfg
     labels = object_labels(clip, cfg)
     if open_weight == "cells":
-        area = clip.decoy_area if clip.decoy_area is not None else torch.zeros(cfg.cells, dtype=torch.bool)
-        watched = labels | (clip.visible[:, None] & ~area[None, :])
+        watched = labels | (clip.visible[:, None] & ~decoy_cells(clip)[None, :])
     else:
         watched = labels | (clip.visible[:, None] & labels.any(dim=0)[None, :])
     weight = 1 + (OBJECT_WEIGHT - 1) * watched.float()
