@@ -28,14 +28,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.lean_reference import LeanForward  # noqa: E402
 from pafu_core.adapter import WanChunkRunner  # noqa: E402
-from pafu_core.cache import REFERENCE_FRAMES, CacheBudget  # noqa: E402
-from pafu_core.cli import (Parser, UserError, fraction_of, list_of, one_of, output_file,  # noqa: E402
-                           positive_int, run_cli, torch_device, torch_dtype)
-from pafu_lab.memory import peak_memory  # noqa: E402
+from pafu_core.budget import REFERENCE_FRAMES, CacheBudget  # noqa: E402
+from pafu_core.cli import (Parser, UserError, fraction_of, list_of, one_of, output_file, positive_int,  # noqa: E402
+                           run_cli, torch_device, torch_dtype)
 from pafu_core.policies import make_policy, policy_entries  # noqa: E402
 from pafu_core.salience import HeadConfig, SalienceHead  # noqa: E402
-from pafu_core.sampler import SamplerConfig, sample_video  # noqa: E402
+from pafu_core.sampler import sample_video  # noqa: E402
+from pafu_core.schedule import SamplerConfig  # noqa: E402
 from pafu_core.wan import WAN21_1_3B, WanConfig, WanDiT, init_weights_  # noqa: E402
+from pafu_lab.memory import peak_memory  # noqa: E402
 from pafu_lab.world.evaluate import check_budget_fraction  # noqa: E402
 
 

@@ -23,13 +23,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from pafu_core.adapter import WanChunkRunner  # noqa: E402
-from pafu_core.cache import CacheBudget  # noqa: E402
+from pafu_core.budget import CacheBudget  # noqa: E402
 from pafu_core.cli import (Parser, UserError, output_file, positive_float, positive_int, run_cli,  # noqa: E402
                            torch_device, torch_dtype)
-from pafu_lab.memory import peak_memory  # noqa: E402
 from pafu_core.policies import make_policy  # noqa: E402
-from pafu_core.sampler import SamplerConfig, sample_video  # noqa: E402
+from pafu_core.sampler import sample_video  # noqa: E402
+from pafu_core.schedule import SamplerConfig  # noqa: E402
 from pafu_core.wan import WAN21_1_3B, WanConfig, WanDiT, init_weights_  # noqa: E402
+from pafu_lab.memory import peak_memory  # noqa: E402
 
 
 def comfy_modules(path: str):

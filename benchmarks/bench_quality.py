@@ -24,15 +24,15 @@ from tqdm.auto import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from pafu_core.cli import (Parser, existing_file, fraction_of, list_of, nonneg_int, one_of, output_dir,  # noqa: E402
-                           positive_int, run_cli)
+from pafu_core.cli import (Parser, UserError, existing_file, fraction_of, list_of, nonneg_int, one_of,  # noqa: E402
+                           output_dir, positive_int, run_cli)
 from pafu_lab.charts import plot_accuracy_vs_budget  # noqa: E402
 from pafu_core.policies import policy_entry  # noqa: E402
 from pafu_core.salience import load_head  # noqa: E402
-from pafu_lab.world.evaluate import (BUDGETED, EVAL_SEED, HEURISTICS, ORACLES, RECALL_EVAL_SEED, TABLE_LEGEND,  # noqa: E402
-                                      Batch, eval_seed,
-                                      check_budget_fraction, check_policies, compare_to_reference,
-                                      load_world_models, mean_ci, paired, rollouts, table, world_frames)
+from pafu_lab.world.evaluate import (BUDGETED, EVAL_SEED, ORACLES, RECALL_EVAL_SEED, TABLE_LEGEND,  # noqa: E402
+                                      Batch, check_budget_fraction, check_policies, compare_to_reference, eval_seed,
+                                      load_world_models, mean_ci, paired, rollouts, row_policy, table,
+                                      training_free_row, world_frames)
 from pafu_lab.world.metrics import CHANCE  # noqa: E402
 from pafu_core.world.scenes import DEFAULT_WORLD, WORLDS  # noqa: E402
 
@@ -43,15 +43,16 @@ def verdicts(rows, budgets, learned: list[str]) -> tuple[str, dict]:
     for b in budgets:
         def acc(p):
             return mean_ci([r.accuracy for r in rows if r.policy == p and r.budget == b])[0]
-        heur = {p: acc(p) for p in HEURISTICS if any(r.policy == p and r.budget == b for r in rows)}
+        present = list(dict.fromkeys(r.policy for r in rows if r.budget == b))
+        heur = {p: acc(p) for p in present if training_free_row(p)}
         orac = {p: acc(p) for p in ORACLES if any(r.policy == p and r.budget == b for r in rows)}
         best_h = max(heur, key=heur.get) if heur else None
         best_o = max(orac, key=orac.get) if orac else None
         for name in learned:
             entry = {}
-            free = [p for p in heur if not policy_entry(p).control]      # random is the floor, not a choice
+            free = [p for p in heur if not policy_entry(row_policy(p)[0]).control]   # random is the floor
             best_free = max(free, key=heur.get) if free else None
-            bases = [p for p in ("fifo", "sink_window") if p in heur]        # the ones this run scored
+            bases = [p for p in ("fifo", "sink_window", "deep_forcing") if p in heur]   # the ones this run scored
             if best_free is not None and best_free not in bases:
                 bases.append(best_free)
             for base in bases:
@@ -88,7 +89,9 @@ def main(argv=None):
     p.add_argument("--frames", type=world_frames, default=10 * DEFAULT_WORLD.clip_frames)
     p.add_argument("--budgets", type=list_of(fraction_of(DEFAULT_WORLD.clip_frames, clip)), default=[0.25, 0.125],
                    help=f"comma-separated fractions of the {clip}")
-    p.add_argument("--policies", type=list_of(one_of(BUDGETED, "policy")), default=list(BUDGETED))
+    p.add_argument("--policies", type=list_of(one_of(BUDGETED, "policy")), default=None,
+                   help=f"budgeted rows (default: all of them: {', '.join(BUDGETED)}; without --watched, all but "
+                        "tell_rule, which reads the frames the cache is written with)")
     p.add_argument("--heads", type=list_of(head_spec), default=[],
                    help="extra heads to compare, as name=path,... (run as policy pafu[name])")
     p.add_argument("--head", type=existing_file, default=None,
@@ -109,6 +112,11 @@ def main(argv=None):
     p.add_argument("--out", default="out/bench_quality")
     args = p.parse_args(argv)
     budgets = args.budgets
+    if args.policies is None:
+        args.policies = [q for q in BUDGETED if args.watched or q != "tell_rule"]
+    elif not args.watched and "tell_rule" in args.policies:
+        raise UserError("tell_rule reads the frames the cache is written with, which only a watched batch has: "
+                        "leave it out of --policies with --no-watched")
     policies = list(dict.fromkeys(check_policies(args.policies)))
     for b in budgets:                        # before any model work, in the flag's unit
         check_budget_fraction(b, policies, flag="--budgets")
@@ -120,7 +128,7 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     world = WORLDS[args.world]
     student, head = load_world_models(head_path=args.head, student_path=args.student, world=world,
-                                      with_head="pafu" in policies)      # the heuristics alone need no head
+                                      with_head=any(row_policy(q)[0] == "pafu" for q in policies))
     if args.seed is None:
         args.seed = eval_seed(world)
     heads = {"pafu": head}
@@ -131,21 +139,26 @@ def main(argv=None):
     batch = Batch(seed=args.seed, frames=args.frames, styles=[i % world.num_styles for i in range(args.videos)],
                   watched=args.watched, world=world,
                   start_frames=(0 if args.watched else 1) if args.start_frames is None else args.start_frames)
-    bar = tqdm(total=1 + len(budgets) * len(policies), desc="batched rollouts")
+    bar = tqdm(total=1 + len(budgets) * len(policies), desc="batched rollouts")   # an upper bound
     refs = rollouts(student, None, "keep_all", None, batch, kv_storage=args.kv_storage)
     bar.update()
     rows = list(refs)
+    unbounded = [q for q in policies if not policy_entry(row_policy(q)[0]).bounded]
+    for pol in unbounded:                   # rows without a budget (keep-all at other positions) run once
+        group = rollouts(student, None, pol, None, batch, reference=refs, kv_storage=args.kv_storage)
+        compare_to_reference(group, refs)
+        rows += group
+        bar.update()
     for b in budgets:
-        for pol in policies:
+        for pol in (q for q in policies if q not in unbounded):
             bar.set_postfix(budget=b, policy=pol)
-            name = "pafu" if pol.startswith("pafu") else pol
-            group = rollouts(student, heads.get(pol), name, b, batch, reference=refs, label=pol,
+            group = rollouts(student, heads.get(pol, heads.get(row_policy(pol)[0])), pol, b, batch, reference=refs,
                              kv_storage=args.kv_storage)
             compare_to_reference(group, refs)
             rows += group
             bar.update()
     bar.close()
-    learned = [q for q in policies if q.startswith("pafu")]
+    learned = [q for q in policies if row_policy(q)[0] == "pafu"]
     text, summary = verdicts(rows, budgets, learned)
     mode = ("watching the world (the cache holds its real frames)" if args.watched
             else "free generation (the cache holds the model's own frames)")

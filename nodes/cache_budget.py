@@ -4,11 +4,17 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..pafu_core.cache import BUDGET_UNITS, KV_STORAGE, REFERENCE_FRAMES
+from ..pafu_core.budget import BUDGET_UNITS, REFERENCE_FRAMES
+from ..pafu_core.kv_store import KV_STORAGE
 from ..pafu_core.policies import policy_help, policy_names
-from ..pafu_core.settings import DEFAULT_POLICY, CacheSettings
+from ..pafu_core.positions import POSITION_CHOICES
+from ..pafu_core.settings import CacheSettings
 from ..pafu_core.wan import WAN21_1_3B
 from .types import PafuCache
+
+#: the node's defaults are the settings' (Deep Forcing's recipe over the 21-frame window)
+DEFAULTS = CacheSettings()
+
 
 class PaFuKVCacheBudget(io.ComfyNode):
     @classmethod
@@ -20,10 +26,11 @@ class PaFuKVCacheBudget(io.ComfyNode):
             description="Cache policy and budget for the PaFu AR Chunk Sampler; the text output estimates the "
                         "cache memory for Wan 2.1 1.3B at the stated resolution.",
             inputs=[
-                io.Combo.Input("policy", options=list(policy_names()), default=DEFAULT_POLICY, tooltip=policy_help()),
-                io.Float.Input("budget", default=0.25, min=0.0, max=1e7, step=0.005,
-                               tooltip="Tokens each layer keeps, in budget_unit. 0.25 fraction = 25% of "
-                                       "Self-Forcing's 21-frame cache (8190 tokens at 480p)."),
+                io.Combo.Input("policy", options=list(policy_names()), default=DEFAULTS.policy, tooltip=policy_help()),
+                io.Float.Input("budget", default=DEFAULTS.budget, min=0.0, max=1e7, step=0.005,
+                               tooltip="Tokens each layer keeps, in budget_unit. 1.0 fraction = the 21-frame window "
+                                       "Self-Forcing-class Wan models were trained with (32760 tokens at 480p), held "
+                                       "at any video length; a smaller fraction trades quality for memory."),
                 io.Combo.Input("budget_unit", options=list(BUDGET_UNITS), default="fraction",
                                tooltip="fraction of reference_frames latent frames, latent_frames, tokens, or GiB of "
                                        "K/V memory (all layers, the chunk being generated included)."),
@@ -44,6 +51,23 @@ class PaFuKVCacheBudget(io.ComfyNode):
                              tooltip="Video width for the memory estimate."),
                 io.Int.Input("estimate_height", default=480, min=16, max=8192, step=16, optional=True,
                              tooltip="Video height for the memory estimate."),
+                io.Combo.Input("positions", options=list(POSITION_CHOICES), default=DEFAULTS.positions, optional=True,
+                               tooltip="Temporal RoPE positions of the kept tokens. true: where they were generated. "
+                                       "realigned: seen from the chunk being generated, the kept frames sit at "
+                                       "consecutive distances (sink frames just before the kept recent ones), as "
+                                       "Deep Forcing's deep sink does, so a long video never shows the model a "
+                                       "distance it was not trained with. auto: the policy's recipe (realigned for "
+                                       "deep_forcing, true for the others)."),
+                io.Float.Input("sink_share", default=DEFAULTS.sink_share, min=0.0, max=0.99, step=0.05, optional=True,
+                               tooltip="deep_forcing only: the share of the budget kept as sink frames (the video's "
+                                       "first frames; 0.5 from the paper's ablation: 10-15 of 21 frames best, 18 "
+                                       "repeats). Other policies use sink_frames."),
+                io.Int.Input("query_frames", default=DEFAULTS.query_frames, min=1, max=64, optional=True,
+                             tooltip="participative, deep_forcing: the newest latent frames whose queries score the "
+                                     "cache (at most one chunk)."),
+                io.Int.Input("query_stride", default=DEFAULTS.query_stride, min=1, max=64, optional=True,
+                             tooltip="participative, deep_forcing: every query_stride-th query token of those "
+                                     "frames scores (1 = all; 2 halves the scoring cost)."),
             ],
             outputs=[PafuCache.Output("cache", display_name="cache"),
                      io.String.Output("estimate", display_name="estimate", tooltip="Budget and memory estimate as text.")],
@@ -51,10 +75,13 @@ class PaFuKVCacheBudget(io.ComfyNode):
 
     @classmethod
     def execute(cls, policy, budget, budget_unit, sink_frames, reference_frames=REFERENCE_FRAMES, seed=0,
-                kv_storage="model", estimate_width=832, estimate_height=480) -> io.NodeOutput:
+                kv_storage="model", estimate_width=832, estimate_height=480, positions=DEFAULTS.positions,
+                sink_share=DEFAULTS.sink_share, query_frames=DEFAULTS.query_frames,
+                query_stride=DEFAULTS.query_stride) -> io.NodeOutput:
         settings = CacheSettings(policy=policy, budget=budget, budget_unit=budget_unit,
                                  sink_frames=sink_frames, reference_frames=reference_frames, seed=seed,
-                                 kv_storage=kv_storage)
+                                 kv_storage=kv_storage, positions=positions, sink_share=sink_share,
+                                 query_frames=query_frames, query_stride=query_stride)
         tpf = WAN21_1_3B.tokens_per_frame(estimate_height // 8, estimate_width // 8)
         text = settings.describe(tpf, WAN21_1_3B.num_layers, WAN21_1_3B.num_heads, WAN21_1_3B.head_dim,
                                  label=f" (Wan 2.1 1.3B, {estimate_width}x{estimate_height}, bf16)")

@@ -12,10 +12,12 @@ from __future__ import annotations
 import logging
 
 import comfy.model_management
+from comfy.ldm.flux.math import apply_rope1
 from comfy_api.latest import io
 
-from ..pafu_core.native import (NativeKVCaches, check_native_policy, check_native_protocol, wrap_forward_block,
-                                wrap_init_kv_caches)
+from ..pafu_core.native import NativeKVCaches, wrap_forward_block, wrap_init_kv_caches
+from ..pafu_core.native_protocol import check_native_policy, check_native_protocol
+from .comfy_ops import temporal_band_of
 from .live import send_chunk_stats
 from .types import PafuCache, PafuHead
 
@@ -56,8 +58,9 @@ class PaFuKVCachePatch(io.ComfyNode):
         policy = cache.build_policy(head)             # refuses a policy that needs a head without one
         if head is not None:
             head.check_backbone(diffusion)
-        check_native_policy(policy)
-        check_native_protocol(diffusion, needs_keys="keys" in policy.entry_features)
+        check_native_policy(policy)                   # once, here: the patch's caches are not checked again
+        check_native_protocol(diffusion, needs_keys="keys" in policy.inputs, needs_queries="queries" in policy.inputs)
+        band = temporal_band_of(diffusion) if cache.cache_positions == "realigned" else None
         node_id = cls.hidden.unique_id if cls.hidden is not None else None
 
         def on_chunk(stats, report):
@@ -70,7 +73,7 @@ class PaFuKVCachePatch(io.ComfyNode):
             return NativeKVCaches(policy=policy, budget=cache.cache_budget(), num_layers=diffusion.num_layers,
                                   batch=batch_size, num_heads=diffusion.num_heads, head_dim=diffusion.head_dim,
                                   max_seq_len=max_seq_len, device=device, dtype=dtype, storage=cache.kv_storage,
-                                  on_chunk=on_chunk)
+                                  on_chunk=on_chunk, positions=cache.cache_positions, band=band, rope=apply_rope1)
 
         patched = model.clone()
         patched.add_object_patch("diffusion_model.init_kv_caches", wrap_init_kv_caches(diffusion, build))

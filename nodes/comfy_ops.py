@@ -2,16 +2,18 @@
 
 Raw parameters are cast with ``cast_to`` (weights may live on another device or in fp8), attention
 goes through ``optimized_attention`` (whatever backend the user runs), RoPE through the model's
-own ``rope_encode`` and ComfyUI's ``apply_rope1``. Layers are always called, never read.
+own ``rope_encode`` and ComfyUI's ``apply_rope1``; the temporal band that ``positions = realigned`` rotates
+is read off the model's ``rope_embedder``. Layers are always called, never read.
 """
 
 from __future__ import annotations
 
-import torch
-
 import comfy.model_management
+import torch
 from comfy.ldm.flux.math import apply_rope1
 from comfy.ldm.modules.attention import optimized_attention
+
+from ..pafu_core.positions import TemporalBand
 
 
 class ComfyOps:
@@ -40,3 +42,18 @@ class ComfyOps:
 
     def apply_rope(self, x, freqs):
         return apply_rope1(x, freqs)
+
+    def temporal_band(self, model) -> TemporalBand:
+        """The temporal axis of the model's own RoPE (``rope_embedder``: its first axis and theta)."""
+        return temporal_band_of(model)
+
+
+def temporal_band_of(model) -> TemporalBand:
+    """The temporal band of a ComfyUI Wan's RoPE, or a readable refusal when it has none."""
+    embedder = getattr(model, "rope_embedder", None)
+    axes = getattr(embedder, "axes_dim", None)
+    if not axes:
+        raise ValueError(f"positions = realigned moves the temporal phase of cached keys, and this "
+                         f"{type(model).__name__} has no 3-axis RoPE (rope_embedder.axes_dim) to read it from; "
+                         "use positions = true")
+    return TemporalBand(int(axes[0]) // 2, float(getattr(embedder, "theta", 10000.0)))

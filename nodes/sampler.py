@@ -1,8 +1,9 @@
 """PaFu AR Chunk Sampler: chunked autoregressive Wan 2.1 generation with a budgeted KV cache.
 
 Glue only: ComfyUI's model management loads the MODEL, ComfyUI's primitives go into ``ComfyOps``,
-and ``pafu_core.sample_video`` does the work. Progress, previews, interruption (between steps; the
-cache is freed) and the live cache view are wired through ComfyUI's own hooks.
+and ``pafu_core.rollout`` does the work: the request is checked once, before the model is loaded.
+Progress, previews, interruption (between steps; the cache is freed) and the live cache view are
+wired through ComfyUI's own hooks.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ import latent_preview
 from comfy_api.latest import io
 
 from ..pafu_core.adapter import WanChunkRunner
-from ..pafu_core.sampler import (NOISE_STREAMS, SamplerConfig, check_inputs, check_start, parse_timesteps,
-                                 sample_video)
-from ..pafu_core.settings import finite
+from ..pafu_core.budget import finite
+from ..pafu_core.rollout import plan_rollout, run_rollout
+from ..pafu_core.schedule import NOISE_STREAMS, SamplerConfig, parse_timesteps
 from ..pafu_core.timeline import with_changes
 from .comfy_ops import ComfyOps
 from .live import send_chunk_stats
@@ -98,32 +99,27 @@ class PaFuARChunkSampler(io.ComfyNode):
                 head=None, negative=None, cfg=1.0, noise_stream="pafu", watch=None, timeline=None,
                 start=None) -> io.NodeOutput:
         runner = wan_runner(model)
-        finite("cfg", cfg)
         config = SamplerConfig(chunk_frames=chunk_frames, timesteps=parse_timesteps(timesteps),
                                shift=flow_shift(model), context_timestep=finite("context_timestep", context_timestep),
                                seed=seed, noise=noise_stream)
-        cache.build_policy(head)                      # refuses a policy that needs a head without one
         if head is not None:
             head.check_backbone(runner)
-        samples = latent["samples"]
-        first = model.model.process_latent_in(start["samples"].float()) if start is not None else None
-        given = check_start(first, samples)
-        cond = with_changes(positive[0][0], [(f, c[0][0]) for f, c in timeline.changes] if timeline else [])
-        cond.check(samples.shape[2], first=given)   # before loading
-        for prompt in cond.contexts:
-            check_inputs(runner, prompt, samples)
-        observed = None
-        if watch is not None:
-            if watch["samples"].shape != samples.shape:
-                raise ValueError(f"the watched video has shape {tuple(watch['samples'].shape)} but the latent "
-                                 f"{tuple(samples.shape)}: give both the same batch, frames and size")
-            observed = model.model.process_latent_in(watch["samples"].float())
-        comfy.model_management.load_models_gpu([model])
         device = model.load_device
-        policy = cache.build_policy(head.on_device(device) if head is not None else None)
+        samples = latent["samples"]
+        process = model.model.process_latent_in
+        cond = with_changes(positive[0][0], [(f, c[0][0]) for f, c in timeline.changes] if timeline else [])
+        # the one check of the whole request, before the model is loaded; the policy is built once, here
+        request = plan_rollout(
+            runner, cond, shape=tuple(samples.shape), config=config, budget=cache.cache_budget(),
+            policy=cache.build_policy(head.on_device(device) if head is not None else None),
+            negative=negative[0][0] if (negative is not None and cfg != 1.0) else None, cfg=finite("cfg", cfg),
+            kv_storage=cache.kv_storage, positions=cache.cache_positions, recache=bool(timeline and timeline.recache),
+            observed=process(watch["samples"].float()) if watch is not None else None,
+            start=process(start["samples"].float()) if start is not None else None)
+        comfy.model_management.load_models_gpu([model])
         b, _, frames, h, w = samples.shape
         steps = len(config.timesteps)
-        total = (int(given > 0) + -(-(frames - given) // min(chunk_frames, frames - given))) * steps
+        total = (int(request.given > 0) + -(-(frames - request.given) // request.chunk_frames)) * steps
         preview = latent_preview.prepare_callback(model, total)
         node_id = cls.hidden.unique_id if cls.hidden is not None else None
 
@@ -135,13 +131,8 @@ class PaFuARChunkSampler(io.ComfyNode):
             send_chunk_stats(node_id, stats, frames, cache.policy)
             comfy.model_management.throw_exception_if_processing_interrupted()
 
-        neg = negative[0][0] if (negative is not None and cfg != 1.0) else None
         try:
-            result = sample_video(runner, cond, num_frames=frames, height=h, width=w, policy=policy,
-                                  budget=cache.cache_budget(), config=config, batch=b, device=device,
-                                  step_callback=on_step, chunk_callback=on_chunk, negative=neg, cfg=cfg,
-                                  kv_storage=cache.kv_storage, observed=observed, start=first,
-                                  recache=bool(timeline and timeline.recache))
+            result = run_rollout(runner, request, device, step_callback=on_step, chunk_callback=on_chunk)
         except comfy.model_management.InterruptProcessingException:
             logging.info("PaFu AR Chunk Sampler interrupted between denoising steps; cache freed")
             raise

@@ -9,7 +9,7 @@ import comfy.samplers
 from comfy_api.latest import io
 
 from ..pafu_core.native_prompts import block_segment, check_blocks, refresh_cross_attention
-from ..pafu_core.timeline import PromptTimeline, parse_frames
+from ..pafu_core.timeline import parse_frames, with_changes
 from .types import PafuTimeline
 
 
@@ -66,8 +66,7 @@ class TimelineGuider(comfy.samplers.CFGGuider):
             raise ValueError("re-caching at a prompt change needs the PaFu AR Chunk Sampler: core's AR sampler "
                              "cannot recompute its cache; switch the timeline's recache off for this guider")
         changes = timeline.changes
-        self.timeline = PromptTimeline((0,) + tuple(f for f, _ in changes),
-                                       (positive[0][0],) + tuple(c[0][0] for _, c in changes))
+        self.timeline = with_changes(positive[0][0], [(f, c[0][0]) for f, c in changes])
         conds = {"positive": positive, **{f"prompt_{i}": c for i, (_, c) in enumerate(changes, start=1)}}
         if negative is not None:
             conds["negative"] = negative

@@ -21,6 +21,8 @@ from einops import rearrange
 
 from .attention import attention_with_key_mass
 from .ops import TorchOps, sinusoidal_embedding
+from .policy import INPUTS, Entering
+from .positions import TemporalBand
 
 _REQUIRED = ("patch_embedding", "text_embedding", "time_embedding", "time_projection", "blocks", "head")
 
@@ -43,6 +45,10 @@ def _gate(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor, frames: int) -> 
 
 class WanChunkRunner:
     """Runs a Wan 2.1 module tree chunk by chunk against a KV cache."""
+
+    #: what this path shows a policy in the cache-writing pass: everything (``policy.INPUTS``)
+    provides = frozenset(INPUTS)
+    where = "the PaFu AR Chunk Sampler"
 
     def __init__(self, model: nn.Module, ops=None, dtype: torch.dtype | None = None):
         missing = [name for name in _REQUIRED if not hasattr(model, name)]
@@ -70,6 +76,10 @@ class WanChunkRunner:
         self._freqs = None
 
     # ---- embeddings ------------------------------------------------------------------------
+    def temporal_band(self) -> TemporalBand:
+        """The temporal band of the model's RoPE (what ``positions = realigned`` rotates)."""
+        return self.ops.temporal_band(self.model)
+
     def tokens_per_frame(self, height: int, width: int) -> int:
         return (height // self.patch_size[1]) * (width // self.patch_size[2])
 
@@ -190,7 +200,8 @@ class WanChunkRunner:
 
         Denoising passes (``write=False``) stage the chunk's K/V in the cache's spare slots and
         leave the committed tokens untouched; the cache-writing pass (``write=True``) shows the
-        policy each layer's entering tokens, commits the chunk and evicts down to the budget.
+        policy each layer's entering tokens, commits the chunk and evicts down to the budget. The
+        chunk is roped at the cache's ``rope_frame`` (its first frame, unless positions are realigned).
         Returns the flow prediction, or None for the writing pass (its head output is not needed).
         ``observer(layer, q, keys)`` sees the chunk's roped queries and every key they attend to.
         """
@@ -199,24 +210,27 @@ class WanChunkRunner:
         frames = grid[0]
         t = self._per_frame(timestep, b, frames).to(x.device)
         e, e0 = self.embed_time(t)
-        key = (frame_start, grid, x.device)
-        if key != self._freqs_key:
-            self._freqs_key, self._freqs = key, self.ops.rope_freqs(self.model, frame_start, grid, x.device, self.dtype)
-        freqs = self._freqs
         cache.open_chunk(frame_start, frames, write=write)
-        collect_mass = write and cache.policy.needs_attention_mass
+        key = (cache.rope_frame, grid, x.device)
+        if key != self._freqs_key:
+            self._freqs_key, self._freqs = key, self.ops.rope_freqs(self.model, cache.rope_frame, grid, x.device,
+                                                                    self.dtype)
+        freqs = self._freqs
+        collect_mass = write and "attention" in cache.policy.inputs
 
         def attend(i, q, k, v, h, k_raw):
             keys, values = cache.stage(i, k, v)
             if observer is not None:
                 observer(i, q, keys)
-            if write:
-                cache.enter(i, k_raw, v, h)
+            if not write:
+                return self.ops.attention(q, keys, values)
+            mass = None
             if collect_mass:
                 out, mass = attention_with_key_mass(q, keys, values)
-                cache.add_attention_mass(i, mass)
-                return out
-            return self.ops.attention(q, keys, values)
+            else:
+                out = self.ops.attention(q, keys, values)
+            cache.enter(i, Entering(keys=k_raw, values=v, hidden=h, queries=q, attended=keys, mass=mass))
+            return out
 
         out = self.run_blocks(tokens, e0, frames, freqs, cache.cross_kv, attend)
         if write:

@@ -1,7 +1,8 @@
 """Attention statistics computed tile by tile over queries, never holding the full map.
 
 A row's softmax needs the whole key row, so tiles are slices of queries with all keys; logits are
-fp32 per tile. Used by the attention-mass (H2O-style) policy during the cache-writing pass.
+fp32 per tile. Used during the cache-writing pass by the attention-mass (H2O-style) policy and by
+participative compression (the attention the newest frames' queries pay each key).
 """
 
 from __future__ import annotations
@@ -35,3 +36,18 @@ def attention_with_key_mass(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         mass += probs.sum(dim=(1, 2))
         out[:, start:start + tile] = (probs @ vt).transpose(1, 2).to(q.dtype)
     return out.flatten(2), mass
+
+
+def attention_received(q: torch.Tensor, k: torch.Tensor, max_bytes: float = 256e6) -> torch.Tensor:
+    """Mean attention each key receives: q [B, S, H, D] (roped), k [B, N, H, D] (every key those queries attend
+    to) -> [B, N] fp32 = mean over heads and queries of softmax(q k^T / sqrt(D)) (each row over all N keys)."""
+    b, s, h, d = q.shape
+    n = k.shape[1]
+    tile = query_tile_size(n, b, h, max_bytes)
+    kt = k.transpose(1, 2).to(torch.float32)          # [B, H, N, D]
+    total = torch.zeros(b, n, dtype=torch.float32, device=q.device)
+    scale = d ** -0.5
+    for start in range(0, s, tile):
+        qt = q[:, start:start + tile].transpose(1, 2).to(torch.float32)   # [B, H, T, D]
+        total += torch.softmax((qt @ kt.transpose(-1, -2)) * scale, dim=-1).sum(dim=(1, 2))
+    return total / (h * s)

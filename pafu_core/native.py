@@ -23,74 +23,28 @@ attention moves it, with core's type). Both variants of ``end`` seen upstream ar
 (0.27) and a one-element tensor read with ``.item()`` and set with ``fill_`` / ``-=``; reads may be
 ``.view``-ed or ``.reshape``-d and wrapped in any container, since they are plain tensors.
 
+Positions: with ``positions = "realigned"`` the wrapper hands core's ``forward_block`` the cache's
+``rope_frame`` as its start frame, so core ropes the block where the re-aligned numbering puts it, and the cache
+rotates what it keeps (``positions.py``). A policy that reads queries (participative compression) gets them from
+hooks on each block's ``self_attn.norm_q`` (queries before RoPE) and a pre-hook on ``self_attn`` (the RoPE
+frequencies core passes it), roped with ComfyUI's own function that the node hands in (``rope``).
+
 Pure PyTorch: the node pack installs these as object patches on ComfyUI's MODEL.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import inspect
-import re
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-from .cache import CacheBudget, CacheShape, KVCache, open_cache
-from .policies import Policy, policy_entries
+from .budget import CacheBudget, device_memory_limit
+from .cache import CacheShape, KVCache, open_cache
+from .native_protocol import NativeProtocolError, as_int, describe, end_kind, refusal
+from .policy import Entering, Policy
+from .positions import TemporalBand
 from .report import CacheReport
-from .sampler import device_memory_limit
 from .timing import synchronize
-
-
-FORWARD_BLOCK_ARGS = ("x", "timestep", "context", "start_frame", "kv_caches", "crossattn_caches")
-INIT_KV_CACHES_ARGS = ("batch_size", "max_seq_len", "device", "dtype")
-LAYER_KEYS = ("end", "k", "v")
-
-
-class NativeProtocolError(ValueError):
-    """Core's causal Wan differs from the protocol the patch stands in for: one sentence instead of a wrong video."""
-
-
-def comfyui_version(model=None) -> str:
-    """``ComfyUI 0.27.0`` for messages: core's ``comfyui_version`` module (main.py imports it), else the
-    ``comfyui_version.py`` beside the package the model's class comes from (read as text, never imported)."""
-    version = getattr(sys.modules.get("comfyui_version"), "__version__", None)
-    if version is None and model is not None:
-        package = sys.modules.get(type(model).__module__.partition(".")[0])
-        file = getattr(package, "__file__", None)          # None for a namespace package such as comfy
-        dirs = [Path(file).parent] if file else [Path(d) for d in getattr(package, "__path__", [])]
-        paths = [d.parent / "comfyui_version.py" for d in dirs if (d.parent / "comfyui_version.py").is_file()]
-        found = re.search(r"__version__\s*=\s*['\"]([^'\"]+)", paths[0].read_text(errors="replace")) if paths else None
-        version = found.group(1) if found else None
-    return f"ComfyUI {version}" if version else "this ComfyUI (version unknown)"
-
-
-def refusal(what: str, model=None) -> NativeProtocolError:
-    return NativeProtocolError(f"the PaFu KV Cache Patch does not fit the causal Wan of {comfyui_version(model)}: "
-                               f"{what}; use the PaFu AR Chunk Sampler instead.")
-
-
-def _end_kind(end):
-    """The type of core's ``end``: ``int`` (0.27) or ``torch.Tensor`` (one integer element, ``.item()`` / ``fill_``)."""
-    if type(end) is int:
-        return int
-    if isinstance(end, torch.Tensor) and end.numel() == 1 and not end.is_floating_point() and not end.is_complex() \
-            and end.dtype != torch.bool:
-        return torch.Tensor
-    return None
-
-
-def _describe(x) -> str:
-    if isinstance(x, torch.Tensor):
-        return f"a {str(x.dtype).replace('torch.', '')} tensor of shape {list(x.shape)}"
-    return f"{'an' if type(x).__name__[0] in 'aeiou' else 'a'} {type(x).__name__}"
-
-
-def _as_int(x) -> int:
-    return int(x.item()) if isinstance(x, torch.Tensor) else int(x)
-
 
 class _Slots:
     """``cache["k"]`` / ``cache["v"]`` of one layer as core's attention uses them: ``[:, a:b]`` and nothing else."""
@@ -102,7 +56,7 @@ class _Slots:
         if not (isinstance(index, tuple) and len(index) == 2 and index[0] == slice(None)
                 and isinstance(index[1], slice) and index[1].step is None and index[1].stop is not None):
             raise self.owner.refusal(f"layer {self.layer} {verb} its cache as [{index!r}] instead of [:, a:b]")
-        return _as_int(index[1].start or 0), _as_int(index[1].stop)
+        return as_int(index[1].start or 0), as_int(index[1].stop)
 
     def __setitem__(self, index, value: torch.Tensor) -> None:       # cache["k"][:, end:new_end] = k
         self.owner._write(self.layer, self.which, *self._span(index, "wrote"), value)
@@ -128,52 +82,6 @@ def native_owner(kv_caches) -> "NativeKVCaches | None":
     return slots.owner if isinstance(slots, _Slots) else None
 
 
-def check_native_protocol(model, *, needs_keys: bool = False):
-    """Refuse, at patch time, a causal Wan whose protocol differs from what the patch wraps and calls: the methods and
-    their argument names (core passes them by keyword), the attributes the pass framing reads, and the per-layer dict
-    of core's own ``init_kv_caches`` (probed with zero tokens). Returns core's initial ``end``."""
-    def bound(name: str, expected: tuple[str, ...]):
-        fn = getattr(type(model), name, None)
-        if not callable(fn):
-            raise refusal(f"its {type(model).__name__} has no {name} method", model)
-        fn = fn.__get__(model, type(model))
-        try:
-            names = tuple(inspect.signature(fn).parameters)[:len(expected)]
-        except (TypeError, ValueError):
-            names = ()
-        if names != expected:
-            raise refusal(f"{name} takes ({', '.join(names)}) where the patch expects ({', '.join(expected)})", model)
-        return fn
-
-    init = bound("init_kv_caches", INIT_KV_CACHES_ARGS)
-    bound("forward_block", FORWARD_BLOCK_ARGS)
-    missing = [a for a in ("blocks", "patch_size", "num_layers", "num_heads", "head_dim") if not hasattr(model, a)]
-    if missing:
-        raise refusal(f"its {type(model).__name__} has no {', '.join(missing)}", model)
-    if len(model.blocks) != model.num_layers or len(model.patch_size) != 3:
-        raise refusal(f"it has {len(model.blocks)} blocks for num_layers {model.num_layers} and patch size "
-                      f"{tuple(model.patch_size)}", model)
-    if needs_keys and not all(isinstance(getattr(getattr(b, "self_attn", None), "norm_k", None), torch.nn.Module)
-                              for b in model.blocks):
-        raise refusal("its blocks have no self_attn.norm_k, where this salience head reads keys before RoPE", model)
-    caches = init(1, 0, "cpu", torch.float32)
-    if not isinstance(caches, list) or len(caches) != model.num_layers:
-        raise refusal(f"init_kv_caches returns {_describe(caches)}, not a list of {model.num_layers} dicts", model)
-    shape = [1, 0, model.num_heads, model.head_dim]
-    for layer in caches:
-        if not isinstance(layer, dict) or tuple(sorted(layer)) != LAYER_KEYS:
-            keys = sorted(layer) if isinstance(layer, dict) else _describe(layer)
-            raise refusal(f"a layer cache holds {keys} instead of {list(LAYER_KEYS)}", model)
-        for name in ("k", "v"):
-            if not isinstance(layer[name], torch.Tensor) or list(layer[name].shape) != shape:
-                raise refusal(f"a layer cache's {name!r} is {_describe(layer[name])}, not [batch, tokens, heads, "
-                              f"head_dim] = {shape}", model)
-        if _end_kind(layer["end"]) is None:
-            raise refusal(f"a layer cache's 'end' is {_describe(layer['end'])}, where the patch knows an int or a "
-                          "one-element integer tensor", model)
-    return caches[0]["end"]
-
-
 def wrap_init_kv_caches(model, build):
     """``init_kv_caches`` returning ``build(batch, max_seq_len, device, dtype).layers(end)``, where ``end`` comes from
     core's own ``init_kv_caches`` at zero tokens on the run's device, so the stand-in's ``end`` is core's kind."""
@@ -181,26 +89,11 @@ def wrap_init_kv_caches(model, build):
 
     def init_kv_caches(batch_size, max_seq_len, device, dtype):
         end = original(batch_size, 0, device, dtype)[0]["end"]
-        if _end_kind(end) is None:
-            raise refusal(f"a layer cache's 'end' is {_describe(end)}", model)
+        if end_kind(end) is None:
+            raise refusal(f"a layer cache's 'end' is {describe(end)}", model)
         return build(batch_size, max_seq_len, device, dtype).layers(end)
 
     return init_kv_caches
-
-
-def core_ar_policy_names() -> tuple[str, ...]:
-    """The registered policies that core's AR path can run (no attention weights there)."""
-    return tuple(e.name for e in policy_entries() if e.core_ar)
-
-
-def check_native_policy(policy: Policy) -> None:
-    """Core's attention exposes no attention weights, and its blocks no hidden states."""
-    if policy.needs_attention_mass:
-        raise ValueError(f"the {policy.name} policy needs attention weights, which core's AR attention does not "
-                         "expose; choose another policy, or use the PaFu AR Chunk Sampler")
-    if "hidden" in policy.entry_features:
-        raise ValueError("this salience head reads hidden states, which core's AR path does not expose; use a head "
-                         "trained on keys and values, or the PaFu AR Chunk Sampler")
 
 
 class NativeKVCaches:
@@ -211,10 +104,14 @@ class NativeKVCaches:
 
     def __init__(self, *, policy: Policy, budget: CacheBudget | None, num_layers: int, batch: int,
                  num_heads: int, head_dim: int, max_seq_len: int, device, dtype: torch.dtype,
-                 storage: str = "model", max_bytes: int | None = None, on_chunk=None):
-        check_native_policy(policy)
+                 storage: str = "model", max_bytes: int | None = None, on_chunk=None, positions: str = "true",
+                 band: TemporalBand | None = None, rope=None):
+        """The policy was checked against core's path when the patch was applied (``check_native_policy``);
+        ``rope(q, freqs)`` ropes captured queries (ComfyUI's ``apply_rope1``) for a policy that reads them."""
+        if "queries" in policy.inputs and rope is None:
+            raise ValueError(f"the {policy.name} policy reads queries: the patch needs the model's RoPE function")
         self._live = None                 # core's list of layer dicts during a pass, else None
-        self._end_kind = int
+        self.end_kind = int
         self._checked = False             # the first pass is checked against core's protocol
         self._wrote: set[int] = set()
         self._reads: set[tuple[int, int]] = set()
@@ -228,12 +125,15 @@ class NativeKVCaches:
         self._pending: dict[int, torch.Tensor] = {}
         self._read_views: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._raw_keys: dict[int, torch.Tensor] = {}
+        self._raw_queries: dict[int, torch.Tensor] = {}
+        self._freqs: dict[int, object] = {}
+        self.positions, self.band, self.rope = positions, band, rope
         self._writing = False
         self._block_t0 = None
 
     def layers(self, end=0) -> list[LayerCache]:
         """Core's list of layer dicts; ``end`` is core's own initial one (int or tensor), copied per layer."""
-        self._end_kind = _end_kind(end)
+        self.end_kind = end_kind(end)
         return [LayerCache(self, i, end) for i in range(self.num_layers)]
 
     def refusal(self, what: str) -> NativeProtocolError:
@@ -258,15 +158,15 @@ class NativeKVCaches:
         if unread:
             raise self.refusal(f"layer {unread[0][0]} never read its {('keys', 'values')[unread[0][1]]} through the "
                                "budgeted cache")
-        want = self.cache.length + self.cache._staged
+        want = self.cache.length + self.cache.staged
         for i, layer in enumerate(self._live):
             end = layer.get("end")
-            if _end_kind(end) is not self._end_kind:
-                raise self.refusal(f"layer {i}'s attention left 'end' as {_describe(end)}, where core's "
-                                   f"init_kv_caches made {'an int' if self._end_kind is int else 'a tensor'}")
-            if _as_int(end) != want:
-                raise self.refusal(f"layer {i}'s attention left 'end' at {_as_int(end)} after a pass of "
-                                   f"{self.cache._staged} tokens from {self.cache.length}, not at {want}")
+            if end_kind(end) is not self.end_kind:
+                raise self.refusal(f"layer {i}'s attention left 'end' as {describe(end)}, where core's "
+                                   f"init_kv_caches made {'an int' if self.end_kind is int else 'a tensor'}")
+            if as_int(end) != want:
+                raise self.refusal(f"layer {i}'s attention left 'end' at {as_int(end)} after a pass of "
+                                   f"{self.cache.staged} tokens from {self.cache.length}, not at {want}")
         self._checked = True
 
     # ---- framing passes (called by the wrapped forward_block) ------------------------------
@@ -291,12 +191,14 @@ class NativeKVCaches:
             self._check_pass()
         self._read_views.clear()
         self._raw_keys.clear()
+        self._raw_queries.clear()
+        self._freqs.clear()
         if not self._writing:
             self._live = None
             return
         cache = self.cache
-        frame_start = cache._frame_start
-        frames = cache._staged // cache.tokens_per_frame
+        frame_start = cache.frame_start
+        frames = cache.staged // cache.tokens_per_frame
         cache.commit()
         self._set_end(cache.length)
         self._live = None
@@ -315,25 +217,45 @@ class NativeKVCaches:
         """Keys before RoPE of one layer in a writing pass ([B, S, heads * head_dim])."""
         self._raw_keys[layer] = keys
 
+    def record_raw_queries(self, layer: int, queries: torch.Tensor) -> None:
+        """Queries before RoPE of one layer in a writing pass ([B, S, heads * head_dim])."""
+        self._raw_queries[layer] = queries
+
+    def record_freqs(self, layer: int, freqs) -> None:
+        """The RoPE frequencies core passes one layer's self-attention in a writing pass."""
+        self._freqs[layer] = freqs
+
+    @property
+    def rope_frame(self) -> int:
+        """The start frame core ropes the open pass at (``KVCache.rope_frame``)."""
+        return self.cache.rope_frame
+
+    @property
+    def hooks_needed(self) -> tuple[bool, bool]:
+        """Whether writing passes must capture (keys before RoPE, queries and RoPE frequencies)."""
+        inputs = self.policy.inputs
+        return "keys" in inputs, "queries" in inputs
+
     # ---- the dict protocol ---------------------------------------------------------------------
     def _build(self, frames: int, tokens_per_frame: int, grid_hw, seeded_start: bool) -> None:
         budget = self.budget
         if seeded_start and budget is not None:   # a start latent written before any denoising: a sink
-            budget = dataclasses.replace(budget, sink_frames=max(budget.sink_frames, frames))
+            budget = budget.with_sinks(frames)
         total = -(-self.max_seq_len // tokens_per_frame)
         max_bytes = self.max_bytes if self.max_bytes is not None else device_memory_limit(self.device)
         shape = CacheShape(self.num_layers, self.num_heads, self.head_dim, self.dtype)
         self.cache, self.report = open_cache(shape, self.policy, budget, batch=self.batch,
                                              tokens_per_frame=tokens_per_frame, chunk_frames=frames,
                                              total_frames=total, device=self.device, storage=self.storage,
-                                             max_bytes=max_bytes, grid_hw=grid_hw)
+                                             max_bytes=max_bytes, grid_hw=grid_hw, positions=self.positions,
+                                             band=self.band)
 
     def _write(self, layer: int, which: int, start: int, stop: int, value: torch.Tensor) -> None:
         if self._live is None:
             raise self.refusal(f"layer {layer} wrote its cache outside forward_block, which the patch frames")
-        n, s = self.cache.length, self.cache._staged
+        n, s = self.cache.length, self.cache.staged
         if (start, stop) != (n, n + s) or tuple(value.shape[1:]) != (s, self.num_heads, self.head_dim):
-            raise self.refusal(f"layer {layer} wrote {_describe(value)} at slots {start}:{stop}, where the budgeted "
+            raise self.refusal(f"layer {layer} wrote {describe(value)} at slots {start}:{stop}, where the budgeted "
                                f"cache stages [batch, {s}, {self.num_heads}, {self.head_dim}] at {n}:{n + s}")
         b = value.shape[0]
         if which == 0:
@@ -345,12 +267,24 @@ class NativeKVCaches:
         self._wrote.add(layer)
         self._read_views[layer] = self.cache.stage(layer, keys, value)
         if self._writing:
+            self.cache.enter(layer, self._entering(layer, b, s, value))
+
+    def _entering(self, layer: int, b: int, s: int, value: torch.Tensor) -> Entering:
+        """What the policy reads of one layer's writing pass, from what the hooks captured."""
+        wants_keys, wants_queries = self.hooks_needed
+        keys = queries = None
+        if wants_keys:
             raw = self._raw_keys.pop(layer, None)
-            if raw is not None:
-                raw = raw.view(b, s, self.num_heads, self.head_dim)
-            if self.policy.entry_features and raw is None and "keys" in self.policy.entry_features:
-                raise RuntimeError("the salience head needs keys before RoPE, and none were recorded")
-            self.cache.enter(layer, raw, value, None)
+            if raw is None:
+                raise RuntimeError("the policy needs keys before RoPE, and none were recorded")
+            keys = raw.view(b, s, self.num_heads, self.head_dim)
+        if wants_queries:
+            raw, freqs = self._raw_queries.pop(layer, None), self._freqs.pop(layer, None)
+            if raw is None or freqs is None:
+                raise self.refusal(f"layer {layer}'s self-attention computed no queries through self_attn.norm_q, or "
+                                   "was not passed its RoPE frequencies, where this policy reads its queries")
+            queries = self.rope(raw.view(b, s, self.num_heads, self.head_dim), freqs)
+        return Entering(keys=keys, values=value, queries=queries, attended=self._read_views[layer][0])
 
     def _read(self, layer: int, which: int, start: int, stop: int) -> torch.Tensor:
         """The kept tokens and the staged block, ``[B, length + staged, heads, head_dim]`` with unit stride over
@@ -378,11 +312,20 @@ def wrap_forward_block(model, forward_block):
         grid = (-(-x.shape[-2] // ph), -(-x.shape[-1] // pw))
         owner.begin_pass(int(start_frame), x.shape[2], grid[0] * grid[1], grid, write, kv_caches, model)
         hooks = []
-        if write and "keys" in owner.policy.entry_features:
-            hooks = [blk.self_attn.norm_k.register_forward_hook(
-                lambda mod, args, out, i=i: owner.record_raw_keys(i, out)) for i, blk in enumerate(model.blocks)]
+        wants_keys, wants_queries = owner.hooks_needed
+        for i, blk in enumerate(model.blocks if write else ()):
+            if wants_keys:
+                hooks.append(blk.self_attn.norm_k.register_forward_hook(
+                    lambda mod, args, out, i=i: owner.record_raw_keys(i, out)))
+            if wants_queries:
+                hooks.append(blk.self_attn.norm_q.register_forward_hook(
+                    lambda mod, args, out, i=i: owner.record_raw_queries(i, out)))
+                hooks.append(blk.self_attn.register_forward_pre_hook(
+                    lambda mod, args, kwargs, i=i: owner.record_freqs(i, args[1] if len(args) > 1 else
+                                                                      kwargs.get("freqs")), with_kwargs=True))
         try:
-            out = forward_block(x, timestep, context, start_frame, kv_caches, crossattn_caches, *args, **kwargs)
+            rope_start = start_frame if owner.rope_frame == int(start_frame) else owner.rope_frame
+            out = forward_block(x, timestep, context, rope_start, kv_caches, crossattn_caches, *args, **kwargs)
         finally:
             for h in hooks:
                 h.remove()

@@ -19,7 +19,7 @@ def rope_angles(head_dim: int, frame_ids: torch.Tensor, height: int, width: int,
     Wan 2.1 and ComfyUI's ``EmbedND``; axis frequencies are theta^(-2i/d_axis).
     """
     d = head_dim
-    axes = (d - 4 * (d // 6), 2 * (d // 6), 2 * (d // 6))
+    axes = rope_axes(d)
     device = frame_ids.device
     positions = (frame_ids.to(torch.float64), torch.arange(height, device=device, dtype=torch.float64),
                  torch.arange(width, device=device, dtype=torch.float64))
@@ -56,6 +56,19 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return out.flatten(-2)
 
 
+def rotate_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate consecutive pairs of x [..., 2P] by angles given as cos / sin [..., P] (broadcast): RoPE's
+    rotation, for moving keys that are already roped to another phase."""
+    x0, x1 = x.unflatten(-1, (-1, 2)).unbind(-1)
+    return torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1).flatten(-2)
+
+
+def rope_axes(head_dim: int) -> tuple[int, int, int]:
+    """Wan 2.1's split of the head dimension over (time, height, width), as in ComfyUI's ``EmbedND``."""
+    d = head_dim
+    return d - 4 * (d // 6), 2 * (d // 6), 2 * (d // 6)
+
+
 class TorchOps:
     """Plain-PyTorch primitives: SDPA attention, Wan RoPE, dtype/device casting of raw parameters."""
 
@@ -84,6 +97,11 @@ class TorchOps:
     def apply_rope(self, x: torch.Tensor, freqs) -> torch.Tensor:
         cos, sin = freqs
         return apply_rope(x, cos, sin)
+
+    def temporal_band(self, model):
+        """Wan's temporal band (the first ``rope_axes(head_dim)[0] / 2`` rotary pairs, theta 10000)."""
+        from .positions import TemporalBand
+        return TemporalBand(rope_axes(model.dim // model.num_heads)[0] // 2, 10000.0)
 
 
 def sinusoidal_embedding(dim: int, position: torch.Tensor) -> torch.Tensor:

@@ -1,47 +1,36 @@
-"""Cache policies: each is a small class whose only job is to score tokens (higher = keep).
+"""The cache policies the pack ships, and the registry (the protocol they follow: ``policy.py``).
 
-The cache (``cache.py``) owns the mechanics: it protects the newest chunk and sink frames, keeps
-the top-``budget`` scores and frees the rest. A policy either scores tokens once, when they enter
-the cache (``scores_on_entry``; the score is stored with the token), or re-scores every live token
-after each chunk. It may read the entering tokens' features layer by layer during the
-cache-writing pass (``entry_features``, keys before RoPE) and keep a few channels of per-token
-state in the cache (``state_channels``), which move with the tokens. Every policy sees the same
-tensors; none of them reads the cached K/V.
+Each is a small class whose only job is to score tokens (higher = keep); every policy sees the same
+tensors. The registry (``register_policy``) is the one list of policies: node options, tooltips, help pages,
+the core-AR patch's checks and the benchmarks' lists all read it. Adding a policy is one class plus its
+``register_policy`` line.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Callable
 
 import torch
 
+from .attention import attention_received
+from .policy import Entering, Policy, PolicyOptions, SalienceScorer
 
-class Policy:
-    name: str = "policy"
-    #: False only for keep-all: the cache is then sized for the whole video and never evicts.
-    bounded: bool = True
-    scores_on_entry: bool = True
-    needs_attention_mass: bool = False
-    #: sink+window makes no sense without sink frames; the cache refuses sink_frames=0 for it.
-    requires_sink: bool = False
-    #: features of the entering tokens read during the writing pass: subset of {"keys", "values", "hidden"}
-    entry_features: frozenset = frozenset()
-    #: per-token channels kept in the cache: "entry" receives ``entry_scores``, "mass" the attention mass
-    state_channels: tuple[str, ...] = ()
+
+class EntryScored(Policy):
+    """A policy that scores each token once from what it reads as the token enters (the "entry" channel)."""
+
+    state_channels = ("entry",)
 
     def entry_scores(self, layer: int, keys, values, hidden, tokens_per_frame: int) -> torch.Tensor:
         """One layer's entering tokens: keys [B, S, H, D] before RoPE, values [B, S, H, D], hidden
-        [B, S, dim] (S = whole frames of ``tokens_per_frame``) -> [B, S], stored in the "entry" channel."""
+        [B, S, dim] (S = whole frames of ``tokens_per_frame``) -> [B, S]."""
         raise NotImplementedError
 
-    def score(self, view) -> torch.Tensor:
-        """[layers, B, S] scores of the entering tokens (or [layers, B, N] of all live tokens)."""
-        raise NotImplementedError
-
-    def describe(self) -> str:
-        return self.name
+    def enter(self, layer: int, entering: Entering, view) -> dict[str, torch.Tensor]:
+        return {"entry": self.entry_scores(layer, entering.keys, entering.values, entering.hidden,
+                                           view.tokens_per_frame)}
 
 
 class KeepAll(Policy):
@@ -76,19 +65,21 @@ class AttentionMass(Policy):
 
     name = "attention_mass"
     scores_on_entry = False
-    needs_attention_mass = True
+    inputs = frozenset({"attention"})
     state_channels = ("mass",)
+
+    def enter(self, layer, entering, view) -> dict[str, torch.Tensor]:
+        return {"mass": view.state("mass")[layer] + entering.mass}
 
     def score(self, view) -> torch.Tensor:
         return view.state("mass")
 
 
-class KeyNorm(Policy):
+class KeyNorm(EntryScored):
     """Keeps low-L2-norm keys (they tend to draw attention; Devoto et al. 2024)."""
 
     name = "key_norm"
-    entry_features = frozenset({"keys"})
-    state_channels = ("entry",)
+    inputs = frozenset({"keys"})
 
     def entry_scores(self, layer, keys, values, hidden, tokens_per_frame) -> torch.Tensor:
         return -torch.linalg.vector_norm(keys.to(torch.float32), dim=-1).mean(dim=-1)
@@ -98,7 +89,7 @@ class KeyNorm(Policy):
 
 
 @dataclass
-class Standout(Policy):
+class Standout(EntryScored):
     """Training-free and content-aware: keeps the keys that stand out in their own frame, newest first.
 
     Each entering token scores by how far its key (pre-RoPE, after the key norm) lies from the mean key
@@ -114,8 +105,7 @@ class Standout(Policy):
     recency: float = 0.1
     _largest: dict = field(default_factory=dict, repr=False)
     name = "standout"
-    entry_features = frozenset({"keys"})
-    state_channels = ("entry",)
+    inputs = frozenset({"keys"})
 
     def __post_init__(self):
         if not (math.isfinite(self.recency) and self.recency >= 0):
@@ -133,7 +123,7 @@ class Standout(Policy):
         return spread / largest.clamp_min(1e-12)
 
     def score(self, view) -> torch.Tensor:
-        window = max(1.0, view.cache.budget_tokens / view.tokens_per_frame)
+        window = max(1.0, view.budget_tokens / view.tokens_per_frame)
         frame = view.entering_frame_index.to(torch.float32)
         return view.entering_state("entry") + (self.recency / window) * frame
 
@@ -147,32 +137,12 @@ class RandomScores(Policy):
     _generators: dict = field(default_factory=dict, repr=False)
 
     def score(self, view) -> torch.Tensor:
-        device = view.cache.device
+        device = view.device
         gen = self._generators.get(device)
         if gen is None:
             gen = self._generators[device] = torch.Generator(device=device).manual_seed(self.seed)
-        shape = (view.cache.num_layers, view.cache.batch, view.num_entering)
+        shape = (view.num_layers, view.batch, view.num_entering)
         return torch.rand(shape, generator=gen, device=device)
-
-
-class SalienceScorer(Protocol):
-    """What a learned salience head offers the cache (implemented in ``salience.py``)."""
-
-    input_features: tuple[str, ...]
-    rescores: bool
-
-    def entry_scores(self, layer: int, keys, values, hidden) -> torch.Tensor:
-        """One layer's entering tokens -> [B, S] entry salience."""
-        ...
-
-    def rescore(self, entry: torch.Tensor, newer: torch.Tensor, age: torch.Tensor) -> torch.Tensor:
-        """[layers, ..., N] entry salience, the highest entry salience that reached the token's place
-        since it entered, its age in frames -> [layers, ..., N] salience now."""
-        ...
-
-    def recency(self) -> float:
-        """Fixed salience per latent frame of recency (saved in the head file; 0: none)."""
-        ...
 
 
 def newer_at_place(view) -> torch.Tensor:
@@ -200,7 +170,7 @@ def neutral_newer(newer: torch.Tensor, entry: torch.Tensor) -> torch.Tensor:
     return torch.where(torch.isfinite(newer), newer, entry)
 
 
-class PaFuSalience(Policy):
+class PaFuSalience(EntryScored):
     """PaFu-KV: a distilled per-layer salience head scores each token as it enters the cache; a
     re-scoring head then re-ranks every live token after each chunk from its entry salience, its age
     and the newest salience seen at its place, so a token that a newer view has replaced can go.
@@ -212,7 +182,7 @@ class PaFuSalience(Policy):
 
     def __init__(self, head: SalienceScorer):
         self.head = head
-        self.entry_features = frozenset(head.input_features)
+        self.inputs = frozenset(head.input_features)
         self.scores_on_entry = not head.rescores
         self.state_channels = ("entry", "newer") if head.rescores else ("entry",)
 
@@ -236,21 +206,75 @@ class PaFuSalience(Policy):
         return "pafu (re-scoring)" if self.head.rescores else "pafu"
 
 
+@dataclass
+class Participative(Policy):
+    """Deep Forcing's participative compression: after each chunk's cache-writing pass, every live token scores
+    by the attention it receives from the queries of the newest ``query_frames`` latent frames (every
+    ``query_stride``-th of their tokens): softmax over every key those queries attend to (the chunk's own keys
+    included, as in the pass itself), averaged over heads and queries, tile by tile. Re-scored every chunk;
+    among equal scores the older token goes first."""
+
+    query_frames: int = 1
+    query_stride: int = 1
+    name = "participative"
+    scores_on_entry = False
+    inputs = frozenset({"queries"})
+    state_channels = ("participation",)
+    ties_by_recency = True
+
+    def __post_init__(self):
+        PolicyOptions(query_frames=self.query_frames, query_stride=self.query_stride)     # the one check
+
+    def enter(self, layer, entering, view) -> dict[str, torch.Tensor]:
+        window = min(entering.queries.shape[1], self.query_frames * view.tokens_per_frame)
+        queries = entering.queries[:, -window:][:, ::self.query_stride]
+        return {"participation": attention_received(queries, entering.attended)}
+
+    def score(self, view) -> torch.Tensor:
+        return view.state("participation")
+
+
+@dataclass
+class DeepForcing(Participative):
+    """Deep Forcing (arXiv 2512.05081), training-free: a deep sink (the first frames of the video, ``sink_share``
+    of the budget; 0.5 from the paper's ablation) and participative compression for the rest. Its third part,
+    the temporal re-alignment of what is kept, is the cache's ``positions = "realigned"`` (``positions.py``)."""
+
+    sink_share: float = 0.5
+    name = "deep_forcing"
+    positions = "realigned"
+
+    def __post_init__(self):
+        PolicyOptions(sink_share=self.sink_share, query_frames=self.query_frames, query_stride=self.query_stride)
+
+    def sink_frames_for(self, budget_tokens: int, tokens_per_frame: int, chunk_tokens: int) -> int:
+        """``sink_share`` of the budget in whole frames, at most what leaves room for the chunk being generated."""
+        return max(0, min(int(self.sink_share * budget_tokens // tokens_per_frame),
+                          (budget_tokens - chunk_tokens) // tokens_per_frame))
+
+
+def _participative(head, options: PolicyOptions) -> Participative:
+    return Participative(options.query_frames, options.query_stride)
+
+
+def _deep_forcing(head, options: PolicyOptions) -> DeepForcing:
+    return DeepForcing(options.query_frames, options.query_stride, options.sink_share)
+
+
 @dataclass(frozen=True)
 class PolicyEntry:
-    """What the pack knows of a policy, declared once: the node options, tooltips, help pages, the core-AR
-    patch's checks and the benchmarks' lists all read it."""
+    """What the pack knows of a policy, declared once."""
 
     name: str
     help: str                                                  # one line, for tooltips and tables
     cls: type                                                  # its capabilities are the class's attributes
-    build: Callable[[SalienceScorer | None, int], Policy]      # (head, seed) -> a policy for one generation
+    build: Callable[[SalienceScorer | None, PolicyOptions], Policy]   # -> a policy for one generation
     needs_head: bool = False                                   # a learned salience head must be connected
     control: bool = False                                      # a reference or a floor, not a user's choice
 
     @property
-    def needs_attention(self) -> bool:
-        return self.cls.needs_attention_mass
+    def inputs(self) -> frozenset[str]:
+        return frozenset(self.cls.inputs)
 
     @property
     def bounded(self) -> bool:
@@ -258,8 +282,8 @@ class PolicyEntry:
 
     @property
     def core_ar(self) -> bool:
-        """Runs on core's AR path, which exposes keys before RoPE but no attention weights."""
-        return not self.needs_attention
+        """Runs on core's AR path, which provides no attention weights (a head's inputs are checked with it)."""
+        return "attention" not in self.inputs
 
     @property
     def training_free(self) -> bool:
@@ -272,12 +296,18 @@ _REGISTRY: dict[str, PolicyEntry] = {}
 
 def register_policy(name: str, help: str, cls: type, *, build: Callable | None = None, needs_head: bool = False,
                     control: bool = False) -> PolicyEntry:
-    """Add a policy everywhere in one call; ``build(head, seed)`` defaults to ``cls()``."""
+    """Add a policy everywhere in one call; ``build(head, options)`` defaults to ``cls()``."""
     if not name.isidentifier():
         raise ValueError(f"a policy name must be an identifier, got {name!r}")
-    entry = PolicyEntry(name, help, cls, build or (lambda head, seed: cls()), needs_head=needs_head, control=control)
+    entry = PolicyEntry(name, help, cls, build or (lambda head, options: cls()), needs_head=needs_head,
+                        control=control)
     _REGISTRY[name] = entry
     return entry
+
+
+def unregister_policy(name: str) -> None:
+    """Take a policy out of every list again (a test's own policy)."""
+    _REGISTRY.pop(name, None)
 
 
 def policy_entries() -> list[PolicyEntry]:
@@ -294,13 +324,14 @@ def policy_entry(name: str) -> PolicyEntry:
     return _REGISTRY[name]
 
 
-def make_policy(name: str, head: SalienceScorer | None = None, seed: int = 0) -> Policy:
+def make_policy(name: str, head: SalienceScorer | None = None, seed: int = 0,
+                options: PolicyOptions | None = None) -> Policy:
     """Build a registered policy for one generation; refuses a policy that needs a head without one."""
     entry = policy_entry(name)
     if entry.needs_head and head is None:
         raise ValueError(f"the {name} policy needs a salience head: connect a PaFu Salience Head Loader "
                          f"(or load one with load_head)")
-    return entry.build(head, seed)
+    return entry.build(head, options if options is not None else PolicyOptions(seed=seed))
 
 
 def policy_help() -> str:
@@ -312,16 +343,21 @@ def policy_table() -> str:
     """The registry as a Markdown table (help page and README, kept in step by tools/policy_docs.py)."""
     rows = ["| policy | what it keeps | needs | core-AR patch |", "|---|---|---|---|"]
     for e in policy_entries():
-        needs = ", ".join(n for n, on in (("a salience head", e.needs_head), ("attention weights", e.needs_attention),
+        needs = ", ".join(n for n, on in (("a salience head", e.needs_head), ("attention weights", not e.core_ar),
                                            ("sink_frames >= 1", e.cls.requires_sink)) if on)
         rows.append(f"| `{e.name}` | {e.help} | {needs or '-'} | {'yes' if e.core_ar else 'no'} |")
     return "\n".join(rows)
 
 
-register_policy("standout", "no head needed (the default): keys that stand out in their frame, newest first; "
-                "tuned on the tiny world, unmeasured on Wan", Standout)
+register_policy("standout", "no head needed: keys that stand out in their frame, newest first; tuned on the tiny "
+                "world, unmeasured on Wan", Standout)
 register_policy("pafu", "the learned salience head (PaFu-KV) for your model", PaFuSalience,
-                build=lambda head, seed: PaFuSalience(head), needs_head=True)
+                build=lambda head, options: PaFuSalience(head), needs_head=True)
+register_policy("deep_forcing", "no head needed, Deep Forcing (the default): a deep sink (sink_share of the budget) "
+                "plus the tokens the newest frame's queries attend to most; with positions = realigned; published "
+                "on Self-Forcing Wan 2.1, unmeasured here on Wan", DeepForcing, build=_deep_forcing)
+register_policy("participative", "the tokens the newest frame's queries attend to most (Deep Forcing's participative "
+                "compression, without its sink)", Participative, build=_participative)
 register_policy("fifo", "a sliding window: the newest frames", FifoWindow)
 register_policy("sink_window", "the first frames (sinks) plus a window (StreamingLLM / LongLive)", SinkWindow)
 register_policy("attention_mass", "tokens with the most attention received so far (H2O)", AttentionMass)
@@ -329,4 +365,4 @@ register_policy("key_norm", "keys of low L2 norm", KeyNorm)
 register_policy("keep_all", "everything: no eviction, memory grows with the video (the reference)", KeepAll,
                 control=True)
 register_policy("random", "a seeded random choice (the floor)", RandomScores,
-                build=lambda head, seed: RandomScores(seed=seed), control=True)
+                build=lambda head, options: RandomScores(seed=options.seed), control=True)

@@ -34,7 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
-from .cache import REFERENCE_FRAMES
+from .budget import REFERENCE_FRAMES
 from .safefile import FileFormatError, load_tensors, read_header
 
 FORMAT_VERSION = 2

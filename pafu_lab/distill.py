@@ -31,14 +31,16 @@ from einops import rearrange
 from tqdm.auto import tqdm
 
 from pafu_core.adapter import WanChunkRunner
-from pafu_core.cache import CacheBudget, CacheShape, open_cache
+from pafu_core.budget import CacheBudget
+from pafu_core.cache import CacheShape, open_cache
 from pafu_core.cli import Parser, UserError, output_file, run_cli
-from pafu_core.policies import KeyNorm, PaFuSalience, Policy, make_policy, neutral_newer
+from pafu_core.policies import EntryScored, KeyNorm, PaFuSalience, make_policy, neutral_newer
 from pafu_core.salience import HeadConfig, SalienceHead, save_head
-from pafu_core.sampler import TIMESTEP_SCALE, SamplerConfig, sample_video
+from pafu_core.sampler import sample_video
+from pafu_core.schedule import TIMESTEP_SCALE, SamplerConfig
 from pafu_core.wan import WAN21_1_3B, WanDiT, init_weights_, load_wan_checkpoint, tiny_config
 
-from .teacher import SSEConfig, SalienceTargets, sse_targets
+from .teacher import SalienceTargets, SSEConfig, sse_targets
 from .world.metrics import psnr
 
 #: the target families compared in the README's ablation (the issue's candidates)
@@ -198,7 +200,7 @@ def rollout_clips(student: WanChunkRunner, cfg: DistillConfig, indices, show: bo
 
 # ---- features and targets --------------------------------------------------------------------
 
-class FeatureRecorder(Policy):
+class FeatureRecorder(EntryScored):
     """Keep-all 'policy' that records what the head reads of the entering tokens, layer by layer: the
     head's features (on the CPU, float16; all tokens, or a seeded random share of each chunk's) and
     the key-norm baseline of every token. With ``head`` it records the trained head's entry scores
@@ -206,11 +208,10 @@ class FeatureRecorder(Policy):
 
     name = "record"
     bounded = False
-    state_channels = ("entry",)
 
     def __init__(self, head: SalienceHead, keep: float = 1.0, seed: int = 0, score_with_head: bool = False):
         self.head, self.keep, self.score_with_head = head, keep, score_with_head
-        self.entry_features = frozenset(head.input_features) | {"keys"}
+        self.inputs = frozenset(head.input_features) | {"keys"}
         self.gen = torch.Generator().manual_seed(seed)
         self.chunks: dict[int, list[dict]] = {}
         self.kept: list[torch.Tensor] = []          # token ids with features, per chunk

@@ -30,7 +30,7 @@ import torch
 from einops import rearrange
 
 from pafu_core.attention import query_tile_size
-from pafu_core.sampler import TIMESTEP_SCALE
+from pafu_core.schedule import TIMESTEP_SCALE
 
 REGIONS = ("past", "diag", "future")
 SOURCES = ("teacher_clean", "teacher_noisy", "student")
@@ -225,6 +225,7 @@ class _ContextWithout:
     def open_chunk(self, frame_start, num_frames, write=False):
         if write:
             raise RuntimeError("the teacher's context is read-only")
+        self.rope_frame = frame_start          # true positions: the chunk is roped where it lies
 
     def stage(self, layer, k, v):
         ck, cv = self.kv[layer]

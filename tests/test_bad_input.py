@@ -4,9 +4,10 @@ import pytest
 import torch
 
 from pafu_core.adapter import WanChunkRunner
-from pafu_core.cache import CacheBudget
+from pafu_core.budget import CacheBudget
 from pafu_core.policies import make_policy
-from pafu_core.sampler import SamplerConfig, parse_timesteps, sample_video
+from pafu_core.sampler import sample_video
+from pafu_core.schedule import SamplerConfig, parse_timesteps
 
 
 @pytest.mark.parametrize("kwargs,match", [

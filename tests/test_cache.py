@@ -3,9 +3,11 @@
 import pytest
 import torch
 
-from pafu_core.cache import CacheBudget, KVCache, cache_bytes_for, kv_bytes_per_token
+from pafu_core.budget import CacheBudget, cache_bytes_for, kv_bytes_per_token
+from pafu_core.cache import KVCache
 from pafu_core.policies import Policy, make_policy
-from pafu_core.sampler import SamplerConfig, sample_video
+from pafu_core.sampler import sample_video
+from pafu_core.schedule import SamplerConfig
 
 TPF = 4          # tokens per frame
 LAYERS, B, HEADS, D = 3, 2, 2, 8
@@ -59,8 +61,8 @@ def run_brute_force(chunk_frames, budget_frames, sink_frames, chunks, seed=0):
         # compare what the cache holds to the brute force, row by row
         for layer in range(LAYERS):
             for b in range(B):
-                k = cache.kv[layer, 0, b, :cache.length]
-                v = cache.kv[layer, 1, b, :cache.length]
+                k = cache.store.kv[layer, 0, b, :cache.length]
+                v = cache.store.kv[layer, 1, b, :cache.length]
                 assert torch.all(k[:, :, 0] == layer) and torch.all(k[:, :, 1] == b)
                 assert torch.equal(v, -k)
                 held = sorted(int(i) for i in k[:, 0, 2])
@@ -182,7 +184,7 @@ def test_protection_holds_whatever_the_scores_hold(seed):
     specials = torch.tensor([float("nan"), float("inf"), float("-inf"), 0.0, 1e30, -1e30])
 
     def hostile(view):
-        shape = (view.cache.num_layers, view.cache.batch, view.end)
+        shape = (view.num_layers, view.batch, view.end)
         pick = torch.randint(len(specials) + 1, shape, generator=gen)
         return torch.where(pick < len(specials), specials[pick.clamp(max=len(specials) - 1)],
                            torch.randn(shape, generator=gen))
@@ -269,7 +271,7 @@ def test_int8_storage_survives_extreme_values():
         k = torch.full((1, TPF, 1, 4), scale)
         keys, values = cache.stage(0, k, k)
         cache.commit()
-        assert torch.isfinite(keys).all() and torch.isfinite(cache.kv_scale.float()).all(), scale
+        assert torch.isfinite(keys).all() and torch.isfinite(cache.store.scale.float()).all(), scale
 
 
 def test_non_finite_scores_are_reported_even_before_the_first_eviction():

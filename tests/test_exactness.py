@@ -3,10 +3,11 @@
 import pytest
 import torch
 
-from pafu_core.cache import CacheBudget
-from pafu_core.policies import make_policy
+from pafu_core.budget import CacheBudget
 from pafu_core.cache import CacheShape, open_cache
-from pafu_core.sampler import SamplerConfig, sample_video
+from pafu_core.policies import make_policy
+from pafu_core.sampler import sample_video
+from pafu_core.schedule import SamplerConfig
 
 H = W = 8   # latent size -> 16 tokens per frame
 
@@ -113,7 +114,7 @@ def test_budgeted_rollout_equals_full_forward_masked_to_the_kept_tokens(runner, 
     def record(stats, x0):
         kept_at[stats.chunk + 1] = set(sample.cache.token_index[0, 0, :sample.cache.length].tolist())
 
-    import pafu_core.sampler as sampler_mod
+    import pafu_core.rollout as sampler_mod
     real_open = sampler_mod.open_cache
 
     class sample:            # captures the cache the sampler builds

@@ -155,3 +155,48 @@ def test_runtime_requirements_are_exactly_what_the_runtime_imports():
     reqs = {re.split(r"[<>=!~ ]", line.strip())[0].lower() for line in open(os.path.join(ROOT, "requirements.txt"))
             if line.strip() and not line.startswith("#")}
     assert {distribution.get(m, m).lower() for m in third_party} == reqs, (sorted(third_party), sorted(reqs))
+
+
+def _project_files(packages=("pafu_core", "pafu_lab", "nodes", "benchmarks", "tools")):
+    for pkg in packages:
+        for folder, _, files in os.walk(os.path.join(ROOT, pkg)):
+            for name in files:
+                if name.endswith(".py"):
+                    yield os.path.relpath(os.path.join(folder, name), ROOT)
+
+
+def test_runtime_modules_stay_short():
+    """One concept per module: no pafu_core module over 400 lines."""
+    long = {f: n for f in _project_files(("pafu_core",)) if (n := len(open(os.path.join(ROOT, f)).readlines())) > 400}
+    assert not long, long
+
+
+def test_no_module_reaches_into_another_modules_private_names():
+    """A ``_name`` is its own module's: no other project module imports it or reads it off an object (the
+    cache's public protocol is what native.py, the sampler and the policies use)."""
+    import ast
+    defined: dict[str, set[str]] = {}         # private name -> the files that define it
+    used: list[tuple[str, str, int]] = []
+    for f in _project_files():
+        tree = ast.parse(open(os.path.join(ROOT, f)).read())
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name.startswith("_"):
+                defined.setdefault(node.name, set()).add(f)
+            elif isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+                owner = node.value
+                if isinstance(owner, ast.Name) and owner.id in ("self", "cls"):
+                    if isinstance(getattr(node, "ctx", None), ast.Store):
+                        defined.setdefault(node.attr, set()).add(f)
+                else:
+                    used.append((node.attr, f, node.lineno))
+            elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[-1] != "__future__":
+                for alias in node.names:
+                    if alias.name.startswith("_") and (node.level or node.module.split(".")[0] in
+                                                       ("pafu_core", "pafu_lab", "nodes")):
+                        used.append((alias.name, f, node.lineno))
+            elif isinstance(node, ast.Assign):
+                for t in node.targets:
+                    if isinstance(t, ast.Name) and t.id.startswith("_"):
+                        defined.setdefault(t.id, set()).add(f)
+    reach = [(name, f, line) for name, f, line in used if name in defined and f not in defined[name]]
+    assert not reach, reach

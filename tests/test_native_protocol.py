@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pafu_core.cache import CacheBudget
-from pafu_core.native import (NativeKVCaches, NativeProtocolError, check_native_protocol, comfyui_version,
-                              wrap_forward_block, wrap_init_kv_caches)
+from pafu_core.budget import CacheBudget
+from pafu_core.native import NativeKVCaches, wrap_forward_block, wrap_init_kv_caches
+from pafu_core.native_protocol import NativeProtocolError, check_native_protocol, comfyui_version
 from pafu_core.policies import make_policy
 
 

@@ -8,10 +8,12 @@ import pytest
 import torch
 
 from pafu_core.attention import attention_with_key_mass
-from pafu_core.cache import CacheBudget
-from pafu_core.policies import PaFuSalience, make_policy
+from pafu_core.budget import CacheBudget
 from pafu_core.cache import CacheShape, open_cache
-from pafu_core.sampler import SamplerConfig, sample_video
+from pafu_core.policies import PaFuSalience, make_policy
+from pafu_core.policy import Entering
+from pafu_core.sampler import sample_video
+from pafu_core.schedule import SamplerConfig
 
 
 @pytest.mark.parametrize("tile", [1, 5, 16, None])
@@ -54,7 +56,7 @@ def test_attention_mass_accumulates_and_keeps_heavy_hitters():
         cache.open_chunk(f, 1, write=True)
         k = torch.full((1, 2, 1, 4), float(f))
         cache.stage(0, k, k)
-        cache.add_attention_mass(0, mass)
+        cache.enter(0, Entering(mass=mass))
         cache.commit()
     # totals: frame0 tokens (2, 6), frame1 (0.5, 3), frame2 (1, 1) protected -> keep 6 and 3
     held = sorted(cache.state[0, 0, :cache.length, 0].tolist())
@@ -79,7 +81,7 @@ def test_attention_mass_follows_tokens_across_slot_reuse():
             k = torch.randn(batch, tpf, 1, 2, generator=gen)
             cache.stage(layer, k, k)
             mass = torch.rand(batch, end, generator=gen)
-            cache.add_attention_mass(layer, mass)
+            cache.enter(layer, Entering(mass=mass))
             for b in range(batch):
                 ids = cache.token_index[layer, b, :cache.length].tolist() + list(range(f * tpf, (f + 1) * tpf))
                 for slot, tok in enumerate(ids):
@@ -110,9 +112,9 @@ def test_key_norm_prefers_low_norm_keys():
         cache.open_chunk(f, 1, write=True)
         k = torch.tensor(norms[2 * f:2 * f + 2]).view(1, 2, 1, 1).expand(1, 2, 2, 4) / 2.0
         cache.stage(0, k, k)
-        cache.enter(0, k, k, None)
+        cache.enter(0, Entering(keys=k, values=k))
         cache.commit()
-    held = sorted(cache.kv[0, 0, 0, :cache.length, 0, 0].mul(2).tolist())
+    held = sorted(cache.store.kv[0, 0, 0, :cache.length, 0, 0].mul(2).tolist())
     assert held == [0.5, 1.0, 9.0, 9.0]
 
 
@@ -169,7 +171,7 @@ def test_salience_slot_gets_pre_rope_keys_values_and_hidden(runner, context):
         keys, values, hidden = head.calls[i]
         assert keys.shape == (1, 32, runner.num_heads, runner.head_dim) and hidden.shape == (1, 32, runner.dim)
         assert torch.allclose(keys[0].flatten(-2), captured[i][0], atol=1e-5)
-        assert torch.equal(values, cache.kv[i, 1, :, :32])
+        assert torch.equal(values, cache.store.kv[i, 1, :, :32])
         assert torch.allclose(cache.state[i, 0, :32, 0], keys.float().mean(dim=(-1, -2))[0])
 
 
@@ -202,7 +204,7 @@ def test_newer_at_place_channel_equals_brute_force():
         for layer in range(2):
             k = torch.randn(2, chunk * tpf, 1, 2, generator=gen)
             cache.stage(layer, k, k)
-            cache.enter(layer, k, k, None)
+            cache.enter(layer, Entering(keys=k, values=k))
             for b in range(2):
                 for i in range(chunk * tpf):
                     entry[layer, b, c * chunk * tpf + i] = float(k[b, i, 0, 0])
@@ -248,7 +250,7 @@ def test_standout_scores_distance_from_the_frame_mean_and_recency_per_window():
 
     class View:                       # what score() reads: the entering frames, the entry channel, the budget
         def __init__(self, budget_tokens):
-            self.cache = type("C", (), {"budget_tokens": budget_tokens})()
+            self.budget_tokens = budget_tokens
             self.tokens_per_frame = 4
             self.entering_frame_index = torch.tensor([[[10, 10, 20, 20]]])
 
@@ -263,14 +265,14 @@ def test_standout_scores_distance_from_the_frame_mean_and_recency_per_window():
 def test_standout_keeps_what_stands_out_and_runs_without_a_head(runner, context):
     report = rollout(runner, context, "standout", CacheBudget(6), frames=12).report
     assert report.chunks[-1].kv_bytes > 0 and report.budget_tokens == 6 * 16
-    from pafu_core.native import check_native_policy
+    from pafu_core.native_protocol import check_native_policy
     check_native_policy(make_policy("standout"))          # needs keys only: core's AR path takes it
 
 
 def test_registry_drives_names_help_and_the_pages_that_show_it():
     """One registration reaches every list; the help page and README tables are generated from it."""
     from pafu_core import policies
-    from pafu_core.native import core_ar_policy_names
+    from pafu_core.native_protocol import core_ar_policy_names
     from pafu_lab.world.evaluate import HEURISTICS
 
     assert "standout" in HEURISTICS and "pafu" not in HEURISTICS and "keep_all" not in HEURISTICS
@@ -288,7 +290,7 @@ def test_registry_drives_names_help_and_the_pages_that_show_it():
         assert "newest_test" in core_ar_policy_names() and "`newest_test`" in policies.policy_table()
         assert isinstance(make_policy("newest_test"), Newest)
     finally:
-        del policies._REGISTRY["newest_test"]
+        policies.unregister_policy("newest_test")
     with pytest.raises(ValueError, match="unknown policy 'nope'; choose one of standout"):
         make_policy("nope")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -5,10 +5,11 @@ does not really change."""
 import pytest
 import torch
 
-import pafu_core.sampler as sampler_module
-from pafu_core.cache import CacheBudget
+import pafu_core.rollout as sampler_module
+from pafu_core.budget import CacheBudget
 from pafu_core.policies import make_policy
-from pafu_core.sampler import SamplerConfig, sample_video
+from pafu_core.sampler import sample_video
+from pafu_core.schedule import SamplerConfig
 from pafu_core.timeline import PromptTimeline
 
 A = torch.randn(1, 7, 4096, generator=torch.Generator().manual_seed(3))
@@ -28,7 +29,7 @@ def snapshots(monkeypatch):
     def spy(runner, cache, written, chunk_starts, end, t):
         ran = real(runner, cache, written, chunk_starts, end, t)
         n = cache.length
-        taken.append((ran, cache.kv[:, :, :, :n].clone(), cache.token_index[:, :, :n].clone()))
+        taken.append((ran, cache.store.kv[:, :, :, :n].clone(), cache.token_index[:, :, :n].clone()))
         return ran
     monkeypatch.setattr(sampler_module, "recache_kept", spy)
     return taken

@@ -7,10 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pafu_core.cache import CacheBudget
+from pafu_core.budget import CacheBudget
 from pafu_core.policies import PaFuSalience, make_policy
 from pafu_core.salience import HeadConfig, SalienceHead
-from pafu_core.sampler import SamplerConfig, sample_video, warp_timesteps
+from pafu_core.sampler import sample_video
+from pafu_core.schedule import SamplerConfig, warp_timesteps
 
 
 def naive_wan(model, x, t, ctx):

@@ -7,10 +7,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from pafu_core.cache import CacheBudget
+from pafu_core.budget import CacheBudget
 from pafu_core.policies import PaFuSalience
 from pafu_core.salience import HeadConfig, SalienceHead, load_head, save_head
-from pafu_core.sampler import SamplerConfig, sample_video
+from pafu_core.sampler import sample_video
+from pafu_core.schedule import SamplerConfig
 from pafu_core.wan import WAN21_1_3B, WanDiT, param_count
 
 

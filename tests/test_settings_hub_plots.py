@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from pafu_core.cache import CacheBudget
+from pafu_core.budget import CacheBudget
 from pafu_core.hub import check_revision, download_head, hub_local_dir
 from pafu_core.plots import render_curves, render_token_heatmaps
 from pafu_core.policies import make_policy
 from pafu_core.salience import HeadConfig, SalienceHead, save_head
-from pafu_core.sampler import SamplerConfig, sample_video
+from pafu_core.sampler import sample_video
+from pafu_core.schedule import SamplerConfig
 from pafu_core.settings import CacheSettings
-
 
 WAN = dict(tokens_per_frame=1560, num_layers=30, num_heads=12, head_dim=128)
 

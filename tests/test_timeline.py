@@ -3,9 +3,10 @@
 import pytest
 import torch
 
-from pafu_core.cache import CacheBudget
+from pafu_core.budget import CacheBudget
 from pafu_core.policies import make_policy
-from pafu_core.sampler import SamplerConfig, sample_video
+from pafu_core.sampler import sample_video
+from pafu_core.schedule import SamplerConfig
 from pafu_core.timeline import PromptTimeline
 
 A = torch.randn(1, 7, 4096, generator=torch.Generator().manual_seed(3))

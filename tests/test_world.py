@@ -145,7 +145,7 @@ def test_world_oracle_keeps_the_latest_appearance_of_the_objects_then_the_newest
     tokens = torch.arange(48 * 16)                      # the cache holds frames 0..47; 45..47 are entering
     view = SimpleNamespace(frame_index=(tokens // 16).view(1, 1, -1), place=(tokens % 16).view(1, 1, -1),
                            newest_frame=47, num_entering=3 * 16, tokens_per_frame=16,
-                           cache=SimpleNamespace(device="cpu"))
+                           device="cpu")
     scores = WorldOracle(labels[None]).score(view)[0, 0]
     kept = scores.topk(9).indices
     assert sorted((int(i) // 16, int(i) % 16) for i in kept) == \
@@ -284,7 +284,7 @@ def test_world_oracle_keeps_every_groups_latest_appearance():
     now = starts[3] + 2                             # inside the fourth opening; the cache holds frames 0..now
     tokens = torch.arange((now + 1) * 16)
     view = SimpleNamespace(frame_index=(tokens // 16).view(1, 1, -1), place=(tokens % 16).view(1, 1, -1),
-                           newest_frame=now, num_entering=3 * 16, tokens_per_frame=16, cache=SimpleNamespace(device="cpu"))
+                           newest_frame=now, num_entering=3 * 16, tokens_per_frame=16, device="cpu")
     scores = WorldOracle(object_labels(clip, RECALL)[None]).score(view)[0, 0]
     kept = {(int(i) // 16, int(i) % 16) for i in (scores >= 1e6).nonzero().flatten()}
     known = now + 1 - 3

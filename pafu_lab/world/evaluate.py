@@ -17,11 +17,12 @@ from functools import cached_property
 import torch
 
 from pafu_core.adapter import WanChunkRunner
-from pafu_core.cache import CacheBudget
+from pafu_core.budget import CacheBudget
 from pafu_core.policies import Policy, make_policy, policy_entries
 from pafu_core.report import CacheReport
 from pafu_core.salience import SalienceHead, load_head
-from pafu_core.sampler import SamplerConfig, sample_video
+from pafu_core.sampler import sample_video
+from pafu_core.schedule import SamplerConfig
 from pafu_core.wan import load_wan_checkpoint
 from pafu_core.world import assets
 from pafu_core.world.codec import decode_frames, encode_frames
@@ -37,7 +38,29 @@ HEURISTICS = tuple(e.name for e in policy_entries() if e.training_free)
 ORACLES = ("oracle_world", "oracle_causal")
 #: rows that know the world's design (its schedule, its tell) but not its future: reported, never the bar
 RULES = ("standout_open", "tell_rule")
-BUDGETED = HEURISTICS + ("pafu",) + RULES + ORACLES
+#: rows that run a registered policy at other positions, or Deep Forcing's deep sink alone (sink_window with
+#: ``share`` of the budget as sinks): name -> (policy, positions, share)
+VARIANTS = {
+    "deep_sink": ("sink_window", "realigned", 0.5),
+    "deep_forcing@true": ("deep_forcing", "true", 0.0),
+    "keep_all@realigned": ("keep_all", "realigned", 0.0),
+    "fifo@realigned": ("fifo", "realigned", 0.0),
+    "pafu@realigned": ("pafu", "realigned", 0.0),
+}
+BUDGETED = HEURISTICS + ("pafu",) + tuple(VARIANTS) + RULES + ORACLES
+
+
+def row_policy(name: str) -> tuple[str, str | None, float]:
+    """A table row's (registered policy, positions or None for the policy's own recipe, sink share)."""
+    if name in VARIANTS:
+        return VARIANTS[name]
+    return ("pafu" if name.startswith("pafu[") else name), None, 0.0
+
+
+def training_free_row(name: str) -> bool:
+    """A row a learned head must beat: a training-free registered policy, or a variant of one."""
+    base = row_policy(name)[0]
+    return base in HEURISTICS
 #: noise seeds: the benchmark's evaluation batch, and the batch used to choose between variants;
 #: neither is used by training (random world clips), distillation (rollouts with seeds 0..N, world clips
 #: with seeds 7 * 100003 + i) or tuning; the watched world of a batch is scene ``seed * 1000 + row``
@@ -189,8 +212,13 @@ def rollouts(student: WanChunkRunner, head: SalienceHead | None, policy: str, bu
     """One batched rollout under ``policy`` (``oracle_causal`` needs the keep-all ``reference``;
     ``custom``: this policy object instead of the named one, e.g. a swept setting; ``context``: other
     conditioning than the world's, e.g. a prompt timeline, with ``recache`` at its changes)."""
+    name = label or policy
+    policy, positions, share = row_policy(policy)
     budget = None
     if policy != "keep_all":
+        if share:         # ``share`` of the budget as sinks (Deep Forcing's deep sink), leaving room for a chunk
+            frames = budget_fraction * batch.world.clip_frames
+            sink_frames = max(1, min(int(share * frames), int(frames) - batch.sampler.chunk_frames))
         budget = CacheBudget(budget_fraction, unit="fraction", reference_frames=batch.world.clip_frames,
                              sink_frames=sink_frames if policy == "sink_window" else 0)
     side = batch.world.size // 2
@@ -219,7 +247,8 @@ def rollouts(student: WanChunkRunner, head: SalienceHead | None, policy: str, bu
     res = sample_video(student, context, num_frames=batch.frames, height=side, width=side, policy=pol,
                        budget=budget, config=batch.sampler, batch=len(batch.styles), device=device,
                        chunk_callback=(lambda s, x: [c(s, x) for c in callbacks]) if callbacks else None,
-                       kv_storage=kv_storage, observed=observed, start=start, recache=recache)
+                       kv_storage=kv_storage, observed=observed, start=start, recache=recache,
+                       positions=positions or pol.positions)
     out = []
     for row in range(len(batch.styles)):
         video = decode_frames(res.latents[row].cpu())
@@ -232,7 +261,7 @@ def rollouts(student: WanChunkRunner, head: SalienceHead | None, policy: str, bu
                          consistency=self_consistency(video, clip, start_frames=s))
         else:
             scores = return_scores(video, batch.world)
-        out.append(Rollout(label or policy, budget_fraction if budget else None, row, video, res.report,
+        out.append(Rollout(name, budget_fraction if budget else None, row, video, res.report,
                            *scores, change_accuracy(video, batch.world), schedule_accuracy(video, batch.world),
                            latents=res.latents[row].cpu(), **extra))
     return out

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from pafu_core.policies import Policy
-from pafu_core.sampler import TIMESTEP_SCALE
+from pafu_core.policy import Policy
+from pafu_core.schedule import TIMESTEP_SCALE
 from pafu_core.world.scenes import DEFAULT_WORLD, WorldConfig
 
 from ..teacher import SSEConfig, attention_use
@@ -59,7 +59,7 @@ class WorldOracle(Policy):
         rows = torch.arange(frame.shape[1]).view(1, -1, 1).expand_as(f)
         is_object = labelled & objects[rows, f, place]
         keep = is_object & (frame >= latest[rows, place])
-        return (keep.float() * _PRIORITY + frame.float()).to(view.cache.device)
+        return (keep.float() * _PRIORITY + frame.float()).to(view.device)
 
 
 class CausalUseOracle(Policy):
@@ -80,6 +80,6 @@ class CausalUseOracle(Policy):
 
     def score(self, view) -> torch.Tensor:
         after = view.newest_frame // self.block_frames + 1                   # the first block still to come
-        token = view.cache.token_index[:, :, :view.end].long()
-        use = self.future_use[..., min(after, self.future_use.shape[-1] - 1)].to(view.cache.device)
+        token = view.token_index.long()
+        use = self.future_use[..., min(after, self.future_use.shape[-1] - 1)].to(view.device)
         return use.gather(-1, token) * _PRIORITY + view.frame_index.float()

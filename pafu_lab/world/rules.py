@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
-from pafu_core.policies import Policy, Standout
+from pafu_core.policies import Standout
+from pafu_core.policy import Policy
 from pafu_core.world.scenes import WorldConfig
 
 from .metrics import MATCH_TOLERANCE, cell_colors, object_mask
@@ -107,4 +108,4 @@ class TellRule(Policy):
         marked_now = self.marked[:, now] & (self.latest[:, now] >= 0)          # [B, cells]: known by now
         latest_now = self.latest[:, now]
         keep = self.shown[rows, f, place] & marked_now[rows, place] & (frame >= latest_now[rows, place])
-        return (keep.float() * _PRIORITY + frame.float()).to(view.cache.device)
+        return (keep.float() * _PRIORITY + frame.float()).to(view.device)

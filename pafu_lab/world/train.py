@@ -27,29 +27,33 @@ import json
 import math
 import os
 import time
+from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
 
 from pafu_core.adapter import WanChunkRunner
-from pafu_core.cli import (Parser, existing_file, list_of, nonneg_int, one_of, output_file, positive_float, positive_int,
-                           run_cli, torch_device)
-from pafu_core.sampler import TIMESTEP_SCALE, SamplerConfig, warp_timesteps
+from pafu_core.cli import (Parser, existing_file, list_of, nonneg_int, one_of, output_file, positive_float,
+                           positive_int, run_cli, torch_device)
+from pafu_core.schedule import TIMESTEP_SCALE, SamplerConfig, warp_timesteps
 from pafu_core.wan import WanConfig, WanDiT, init_weights_, load_wan_checkpoint
 from pafu_core.world.codec import encode_frames
 from pafu_core.world.scenes import DEFAULT_WORLD, WORLDS, WorldConfig, render_clip
+
+from .situation import (SITUATION_POLICIES, build_policy, draw_situation, policy_rollout, situation_budget,
+                        situation_masks)
 
 TINY_WAN = WanConfig(dim=128, ffn_dim=384, num_heads=1, num_layers=4)
 MAX_OFFSET = 10 * DEFAULT_WORLD.clip_frames        # demo length: 10x the training clip
 
 
 def world_batch(step: int, batch: int, seed: int, cfg: WorldConfig = DEFAULT_WORLD, frames: int | None = None,
-                open_weight: str = "objects"):
+                open_weight: str = "objects", with_clips: bool = False):
     """Clips at random phases and styles: latents [B, 16, F, 8, 8] and contexts [B, L, 4096] (per frame,
-    [B, F, L, 4096], in a world whose schedule is conditioning)."""
+    [B, F, L, 4096], in a world whose schedule is conditioning), the loss weights (and the clips)."""
     frames = frames or cfg.clip_frames
     gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
-    lat, ctx, weights = [], [], []
+    lat, ctx, weights, clips = [], [], [], []
     for _ in range(batch):
         clip_seed = int(torch.randint(2**31 - 1, (1,), generator=gen))
         # start with the objects half of the time (as the demo does), else later in the cycle
@@ -63,7 +67,9 @@ def world_batch(step: int, batch: int, seed: int, cfg: WorldConfig = DEFAULT_WOR
         lat.append(encode_frames(clip.frames))
         ctx.append(clip.context)
         weights.append(salient_weights(clip, open_weight))
-    return torch.stack(lat), torch.cat(ctx), torch.stack(weights)
+        clips.append(clip)
+    out = torch.stack(lat), torch.cat(ctx), torch.stack(weights)
+    return (*out, clips) if with_clips else out
 
 
 #: the loss counts the cells that hold objects this much more than the backdrop: what must be remembered
@@ -146,48 +152,64 @@ def teacher_forcing_mask(frames: int, chunk: int, tpf: int, gen, mode: str) -> t
 
 
 def student_loss(runner: WanChunkRunner, lat, ctx, weights, gen, device, sampler: SamplerConfig,
-                 mode: str, own_context: bool = False) -> torch.Tensor:
+                 mode: str, own_context: bool = False, masks: torch.Tensor | None = None,
+                 tail: int | None = None) -> torch.Tensor:
+    """The one-pass teacher-forcing loss; ``masks`` [B, L, 2N, 2N] (``situation.situation_masks``: what a
+    policy's cache held) replaces the view ``mode`` of the past, layer by layer. ``tail``: only the last
+    ``tail`` frames are trained (their noisy copies), over the whole clean clip: a long horizon at a bounded
+    cost."""
     b, _, f, h, w = lat.shape
+    tail = f if tail is None else min(tail, f)
     chunk = sampler.chunk_frames
     sigmas = torch.tensor(warp_timesteps(sampler.timesteps, sampler.shift))
     per_chunk = sigmas[torch.randint(len(sigmas), (b, math.ceil(f / chunk)), generator=gen)]
     sigma = per_chunk.repeat_interleave(chunk, dim=1)[:, :f].to(device)          # [B, F]
     noise = torch.randn(lat.shape, generator=gen).to(device)
     s5 = sigma.view(b, 1, f, 1, 1)
-    noisy = (1 - s5) * lat + s5 * noise
+    noisy = ((1 - s5) * lat + s5 * noise)[:, :, f - tail:]
     offset = int(torch.randint(MAX_OFFSET, (1,), generator=gen))
     tpf = runner.tokens_per_frame(h, w)
-    mask = teacher_forcing_mask(f, chunk, tpf, gen, mode).to(device)
+    mask = teacher_forcing_mask(f, chunk, tpf, gen, mode).to(device) if masks is None else masks
+    if tail < f:                    # the clean clip, then the noisy copies of the tail frames only
+        keep = torch.cat([torch.arange(f * tpf), torch.arange((2 * f - tail) * tpf, 2 * f * tpf)]).to(device)
+        mask = mask.index_select(-2, keep).index_select(-1, keep)
+    t_noisy = sigma[:, f - tail:] * TIMESTEP_SCALE
     context = lat
     if own_context:
         # the context as the model itself would have written it: its one-pass estimate of every chunk
         # (exposure bias: in a rollout the cache holds generated chunks, not the world's clean frames)
         with torch.no_grad():
-            flow = teacher_forcing_forward(runner, lat, noisy, sigma * TIMESTEP_SCALE, ctx, offset, mask, sampler.context_timestep)
-            context = (noisy - s5 * flow).detach()
-    pred = teacher_forcing_forward(runner, context, noisy, sigma * TIMESTEP_SCALE, ctx, offset, mask, sampler.context_timestep)
-    return weighted_mse(pred, noise - lat, weights)
+            flow = teacher_forcing_forward(runner, lat, noisy, t_noisy, ctx, offset, mask, sampler.context_timestep)
+            estimate = (noisy - s5[:, :, f - tail:] * flow).detach()
+            context = torch.cat([lat[:, :, :f - tail], estimate], dim=2)
+    pred = teacher_forcing_forward(runner, context, noisy, t_noisy, ctx, offset, mask, sampler.context_timestep)
+    return weighted_mse(pred, (noise - lat)[:, :, f - tail:], weights[:, :, f - tail:])
 
 
 def teacher_forcing_forward(runner: WanChunkRunner, clean, noisy, t_noisy, ctx, offset, mask, t_ctx=0.0):
-    """One pass over [clean | noisy] with shared RoPE positions; returns the noisy half's flow."""
+    """One pass over [clean | noisy] with shared RoPE positions; returns the noisy half's flow [B, C, T, H, W].
+
+    ``clean`` [B, C, F, H, W]; ``noisy`` [B, C, T, H, W] the copies of the last T <= F frames, at ``t_noisy``
+    [B, T]; ``mask`` [(F + T) tpf, (F + T) tpf] for every layer and row, or [B, L, ...] per row and layer."""
     b, _, f = clean.shape[:3]
+    tail = noisy.shape[2]
     tokens_c, grid = runner.patchify(clean)
-    tokens_n, _ = runner.patchify(noisy)
+    tokens_n, grid_n = runner.patchify(noisy)
     t = torch.cat([torch.full((b, f), float(t_ctx), device=clean.device), t_noisy], dim=1)
     e, e0 = runner.embed_time(t)
     cos, sin = runner.ops.rope_freqs(runner.model, offset, grid, clean.device)
-    freqs = (torch.cat([cos, cos]), torch.cat([sin, sin]))
+    n_tail = tokens_n.shape[1]
+    freqs = (torch.cat([cos, cos[-n_tail:]]), torch.cat([sin, sin[-n_tail:]]))
     cross = runner.cross_kv(runner.embed_text(ctx))
     if ctx.dim() == 4:              # text per frame: the clean and the noisy copy of a frame share it
-        cross = [(torch.cat([k, k], dim=1), torch.cat([v, v], dim=1)) for k, v in cross]
+        cross = [(torch.cat([k, k[:, f - tail:]], dim=1), torch.cat([v, v[:, f - tail:]], dim=1)) for k, v in cross]
 
     def attend(i, q, k, v, hid, k_raw):
-        return runner.ops.attention(q, k, v, mask)
+        return runner.ops.attention(q, k, v, mask if mask.dim() == 2 else mask[:, i, None])
 
-    x = runner.run_blocks(torch.cat([tokens_c, tokens_n], dim=1), e0, 2 * f, freqs, cross, attend)
+    x = runner.run_blocks(torch.cat([tokens_c, tokens_n], dim=1), e0, f + tail, freqs, cross, attend)
     n = tokens_c.shape[1]
-    return runner.unpatchify(runner.final_head(x[:, n:], e[:, f:], f), grid)
+    return runner.unpatchify(runner.final_head(x[:, n:], e[:, f:], tail), grid_n)
 
 
 def save_model(model: WanDiT, path: str, meta: dict) -> None:
@@ -200,21 +222,81 @@ def save_model(model: WanDiT, path: str, meta: dict) -> None:
     save_file(sd, path, metadata=meta_out)
 
 
+@dataclass(frozen=True)
+class Situation:
+    """Student steps trained in the situation of inference (``situation.py``): every ``every``-th step's past is
+    what a policy drawn from ``policies`` kept at a budget drawn from 12.5-50% (0: never); ``head`` serves
+    the ``pafu`` policy."""
+
+    every: int = 0
+    policies: tuple[str, ...] = SITUATION_POLICIES
+    head: str | None = None
+
+    def __post_init__(self):
+        if "pafu" in self.policies and self.every and self.head is None:
+            raise ValueError("the pafu policy in the situation mixture needs a head (--situation-head)")
+
+
+def save_checkpoint(path: str, model: WanDiT, opt, sched, step: int, gen: torch.Generator, meta: dict) -> None:
+    """Everything a run needs to go on from ``step``: weights in float32, the optimiser's moments, the schedule,
+    the loss generator's state; one safetensors file (no pickle), written whole or not at all."""
+    from safetensors.torch import save_file
+    tensors = {f"model.{k}": v.detach().float().contiguous().cpu() for k, v in model.state_dict().items()}
+    state = opt.state_dict()
+    for i, entry in state["state"].items():
+        for key, value in entry.items():
+            tensors[f"opt.{i}.{key}"] = torch.as_tensor(value).float().reshape(-1) if key == "step" else value.cpu()
+    tensors["rng.loss"] = gen.get_state()
+    info = {"step": step, "sched": sched.state_dict(), "param_groups": state["param_groups"], "run": meta,
+            "wan_config": model.config.to_dict()}
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    save_file(tensors, path + ".tmp", metadata={"pafu_checkpoint": json.dumps(info, sort_keys=True, default=str)})
+    os.replace(path + ".tmp", path)
+
+
+def load_checkpoint(path: str, model: WanDiT, opt, sched, gen: torch.Generator) -> tuple[int, dict]:
+    """Restore what ``save_checkpoint`` wrote; returns the step to go on from and the run's metadata."""
+    from safetensors import safe_open
+    with safe_open(path, "pt") as fh:
+        raw = (fh.metadata() or {}).get("pafu_checkpoint")
+        if raw is None:
+            raise ValueError(f"{path} is not a training checkpoint of pafu_lab.world.train (no pafu_checkpoint "
+                             "metadata); --resume takes the file that --checkpoint wrote")
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    info = json.loads(raw)
+    model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    state = {"state": {}, "param_groups": info["param_groups"]}
+    for k, v in tensors.items():
+        if k.startswith("opt."):
+            _, i, key = k.split(".", 2)
+            state["state"].setdefault(int(i), {})[key] = v.reshape(()) if key == "step" else v
+    opt.load_state_dict(state)
+    sched.load_state_dict(info["sched"])
+    gen.set_state(tensors["rng.loss"])
+    return int(info["step"]), info["run"]
+
+
+def _fresh_student(seed: int) -> WanDiT:
+    model = init_weights_(WanDiT(TINY_WAN), seed=seed)
+    with torch.no_grad():      # start as a near-identity residual stack (stable small-data training)
+        for blk in model.blocks:
+            blk.modulation.mul_(0.1)
+            blk.self_attn.o.weight.mul_(0.1)
+            blk.cross_attn.o.weight.mul_(0.1)
+            blk.ffn[2].weight.mul_(0.1)
+    return model
+
+
 def train(kind: str, steps: int, batch: int, lr: float, seed: int, device: str, out: str,
           init: str | None = None, log_every: int = 50, own_context: int = 0, world: WorldConfig = DEFAULT_WORLD,
-          frames: int | None = None, views: tuple[str, ...] = PAST_VIEWS, open_weight: str = "objects") -> dict:
+          frames: int | None = None, views: tuple[str, ...] = PAST_VIEWS, open_weight: str = "objects",
+          situation: Situation = Situation(), checkpoint: str | None = None, resume: str | None = None,
+          save_every: int = 100, max_minutes: float | None = None, tail: int | None = None) -> dict:
+    """Train ``steps`` steps (or go on from ``resume``, a ``checkpoint`` an earlier run of the same command
+    wrote); stops early, checkpoint and weights written, after ``max_minutes``. Returns the run's metadata."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    if init:
-        model = load_wan_checkpoint(init)
-    else:
-        model = init_weights_(WanDiT(TINY_WAN), seed=seed)
-        with torch.no_grad():      # start as a near-identity residual stack (stable small-data training)
-            for blk in model.blocks:
-                blk.modulation.mul_(0.1)
-                blk.self_attn.o.weight.mul_(0.1)
-                blk.cross_attn.o.weight.mul_(0.1)
-                blk.ffn[2].weight.mul_(0.1)
+    model = load_wan_checkpoint(init) if init else _fresh_student(seed)
     model = model.to(device).train()
     runner = WanChunkRunner(model, dtype=torch.float32)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
@@ -222,35 +304,77 @@ def train(kind: str, steps: int, batch: int, lr: float, seed: int, device: str, 
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
     sampler = SamplerConfig()
+    if tail is not None and tail % sampler.chunk_frames:
+        raise ValueError(f"--tail-frames {tail} must be a whole number of chunks ({sampler.chunk_frames} frames each)")
     modes = tuple(views)
-    history = []
-    bar = tqdm(total=steps, desc=f"train {kind}", mininterval=5)
+    run = {"kind": kind, "steps": steps, "batch": batch, "lr": lr, "seed": seed, "device": device,
+           "init": os.path.basename(init) if init else None, "own_context": own_context, "world": world.__dict__,
+           "frames": frames or world.clip_frames, "tail": tail, "views": list(modes), "open_weight": open_weight,
+           "situation": {"every": situation.every, "policies": list(situation.policies),
+                         "head": os.path.basename(situation.head) if situation.head else None},
+           "runs": [], "history": []}
+    first = 0
+    if resume:
+        first, earlier = load_checkpoint(resume, model, opt, sched, gen)
+        fixed = ("kind", "steps", "batch", "lr", "seed", "own_context", "frames", "tail", "views", "open_weight",
+                 "situation")
+        changed = [k for k in fixed if json.dumps(earlier.get(k), sort_keys=True) != json.dumps(run[k], sort_keys=True)]
+        if changed:
+            raise ValueError(f"--resume {resume} was written by a run with other {', '.join(changed)}; resume with "
+                             "the command that wrote it (only --max-minutes, --checkpoint and --out may differ)")
+        run["runs"], run["history"] = earlier.get("runs", []), earlier.get("history", [])
+    head = None
+    if situation.every and "pafu" in situation.policies:
+        from pafu_core.salience import load_head
+        head = load_head(situation.head, device=device)
+    bar = tqdm(total=steps, initial=first, desc=f"train {kind}", mininterval=5)
     t0 = time.perf_counter()
-    running = []
-    for step in range(steps):
-        lat, ctx, weights = (t.to(device) for t in world_batch(step, batch, seed, world, frames, open_weight))
+    running, done = [], first
+    for step in range(first, steps):
+        in_situation = kind == "student" and situation.every and step % situation.every == 0
+        lat, ctx, weights, clips = world_batch(step, batch, seed, world, frames, open_weight, with_clips=True)
+        lat, ctx, weights = lat.to(device), ctx.to(device), weights.to(device)
         if kind == "teacher":
             loss = teacher_loss(runner, lat, ctx, weights, gen, device)
         else:
+            masks = None
+            if in_situation:
+                name, fraction = draw_situation(step, seed, situation.policies)
+                policy = build_policy(name, clips, head=head, seed=seed * 100_003 + step)
+                model.eval()
+                kept = policy_rollout(runner, policy, situation_budget(name, fraction, world.clip_frames), ctx, lat,
+                                      sampler)
+                model.train()
+                masks = situation_masks(kept, runner.tokens_per_frame(*lat.shape[-2:]))
             own = own_context > 0 and step % own_context == 0
-            loss = student_loss(runner, lat, ctx, weights, gen, device, sampler, modes[step % len(modes)], own)
+            loss = student_loss(runner, lat, ctx, weights, gen, device, sampler, modes[step % len(modes)], own,
+                                masks=masks, tail=tail)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
         running.append(loss.detach())
-        if (step + 1) % log_every == 0 or step + 1 == steps:
+        done = step + 1
+        if done % log_every == 0 or done == steps:
             mean = float(torch.stack(running).mean())
             running = []
-            history.append((step + 1, mean))
+            run["history"].append((done, mean))
             bar.set_postfix(loss=f"{mean:.4f}")
         bar.update()
+        out_of_time = max_minutes is not None and (time.perf_counter() - t0) / 60 >= max_minutes
+        if checkpoint and (done % save_every == 0 or done == steps or out_of_time):
+            save_checkpoint(checkpoint, model, opt, sched, done, gen, run)
+        if out_of_time:
+            break
     bar.close()
-    meta = {"kind": kind, "steps": steps, "batch": batch, "lr": lr, "seed": seed, "device": device,
-            "init": os.path.basename(init) if init else None, "own_context": own_context, "final_loss": history[-1][1],
-            "minutes": round((time.perf_counter() - t0) / 60, 1), "world": world.__dict__,
-            "frames": frames or world.clip_frames, "views": list(modes), "open_weight": open_weight}
+    minutes = round((time.perf_counter() - t0) / 60, 1)
+    run["runs"].append({"from_step": first, "to_step": done, "minutes": minutes, "threads": torch.get_num_threads()})
+    if checkpoint:
+        save_checkpoint(checkpoint, model, opt, sched, done, gen, run)
+    meta = {k: v for k, v in run.items() if k != "history"}
+    meta.update(final_loss=run["history"][-1][1] if run["history"] else None, minutes=minutes, step=done,
+                history=run["history"])
     save_model(model, out, meta)
     return meta
 
@@ -275,15 +399,36 @@ def main(argv=None) -> None:
     p.add_argument("--open-weight", type=one_of(OPEN_WEIGHTS, "open weight"), default="objects",
                    help="what of an open frame the loss weighs like an object: every object's cell (objects), or "
                         "every cell where no decoy can land (cells)")
+    p.add_argument("--tail-frames", type=positive_int, default=None,
+                   help="train only the last N frames' noisy copies, over the whole clean clip (long clips at a "
+                        "bounded cost; default: every frame)")
+    p.add_argument("--situation-every", type=nonneg_int, default=0,
+                   help="every N-th student step reads what a policy's budgeted cache kept (the situation of "
+                        "inference; 0: never)")
+    p.add_argument("--situation-policies", type=list_of(one_of(SITUATION_POLICIES, "situation policy")),
+                   default=[n for n in SITUATION_POLICIES if n not in ("pafu", "keep_all")],
+                   help="the policies those steps draw from (pafu needs --situation-head)")
+    p.add_argument("--situation-head", type=existing_file, default=None, help="the salience head of the pafu policy")
+    p.add_argument("--checkpoint", default=None,
+                   help="write the run's state here every --save-every steps and at the end (for --resume)")
+    p.add_argument("--save-every", type=positive_int, default=100)
+    p.add_argument("--resume", type=existing_file, default=None,
+                   help="go on from a checkpoint that the same command wrote (its step, optimiser and schedule)")
+    p.add_argument("--max-minutes", type=positive_float, default=None,
+                   help="stop after this many minutes, checkpoint and weights written (resume to go on)")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     output_file(args.out, "--out")
+    if args.checkpoint:
+        output_file(args.checkpoint, "--checkpoint")
     if args.init:                   # a wrong file is refused before any training step
         load_wan_checkpoint(args.init)
+    situation = Situation(args.situation_every, tuple(args.situation_policies), args.situation_head)
     meta = train(args.kind, args.steps, args.batch, args.lr, args.seed, args.device, args.out, args.init,
                  own_context=args.own_context, world=WORLDS[args.world], frames=args.frames, views=tuple(args.views),
-                 open_weight=args.open_weight)
-    print(json.dumps(meta, indent=1))
+                 open_weight=args.open_weight, situation=situation, checkpoint=args.checkpoint, resume=args.resume,
+                 save_every=args.save_every, max_minutes=args.max_minutes, tail=args.tail_frames)
+    print(json.dumps({k: v for k, v in meta.items() if k != "history"}, indent=1))
 
 
 if __name__ == "__main__":

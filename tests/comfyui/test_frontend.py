@@ -308,7 +308,7 @@ def test_wan_workflow_validates_once_its_models_are_present(page, comfy, stand_i
 
 def test_interrupt_stops_between_steps_frees_cache_and_next_run_matches(comfy, output_dir):
     from .prompts import tiny_prompt
-    prompt = tiny_prompt(policy="pafu", frames=240, seed=11, prefix="pafu_interrupt")
+    prompt = tiny_prompt(policy="pafu", frames=720, seed=11, prefix="pafu_interrupt")   # ~15 s of sampling
     resp = comfy.post("/prompt", {"prompt": prompt})
     pid = resp["prompt_id"]
     t0 = time.time()
@@ -328,7 +328,7 @@ def test_interrupt_stops_between_steps_frees_cache_and_next_run_matches(comfy, o
     assert fresh["status"]["status_str"] == "success"
     a = read_webp(output_files(rerun, output_dir, "pafu_interrupt")[0])
     b = read_webp(output_files(fresh, output_dir, "pafu_interrupt")[0])
-    assert a.shape[0] == 240 and np.array_equal(a, b)
+    assert a.shape[0] == 720 and np.array_equal(a, b)
 
 
 def test_publish_artifacts(artifacts):

@@ -167,7 +167,7 @@ def test_a_policy_registered_in_one_call_reaches_the_budget_node_and_the_patch(p
     """Adding a policy is one class and one call: the budget node offers it, the core-AR patch accepts it."""
     _, nodes = pack
     policies = sys.modules[PACK + ".pafu_core.policies"]
-    native = sys.modules[PACK + ".pafu_core.native"]
+    native = sys.modules[PACK + ".pafu_core.native_protocol"]
 
     class OldestFirst(policies.Policy):
         name = "oldest_first"

@@ -16,7 +16,8 @@ EXPECTED_INPUTS = {
                                "revision": "STRING"},
     "PaFuKVCacheBudget": {"policy": "COMBO", "budget": "FLOAT", "budget_unit": "COMBO", "sink_frames": "INT",
                           "reference_frames": "INT", "seed": "INT", "kv_storage": "COMBO", "estimate_width": "INT",
-                          "estimate_height": "INT"},
+                          "estimate_height": "INT", "positions": "COMBO", "sink_share": "FLOAT",
+                          "query_frames": "INT", "query_stride": "INT"},
     "PaFuARChunkSampler": {"model": "MODEL", "positive": "CONDITIONING", "latent": "LATENT", "cache": "PAFU_CACHE",
                            "seed": "INT", "chunk_frames": "INT", "timesteps": "STRING", "context_timestep": "FLOAT",
                            "head": "PAFU_HEAD", "negative": "CONDITIONING", "cfg": "FLOAT", "noise_stream": "COMBO",
@@ -199,7 +200,7 @@ def test_bad_input_reads_well_and_the_server_stays_healthy(comfy, foreign_head, 
         require_core_ar()
         cases += [("budget below one block on core's AR sampler", core_ar_prompt(budget=2.0), "smaller than one chunk"),
                   ("attention-mass policy on core's AR sampler", core_ar_prompt(policy="attention_mass"),
-                   "needs attention weights"),
+                   "reads attention"),
                   ("patch on a bidirectional Wan", core_ar_prompt(model_node={"class_type": "PaFuARCheckpointLoader",
                    "inputs": {"ckpt_name": "pafu_tiny_world_student.safetensors", "weight_dtype": "default"}}),
                    "CausalWanModel")]

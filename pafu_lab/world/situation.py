@@ -1,0 +1,118 @@
+"""Training the student in the situation of inference: the past it reads is what a budgeted cache kept.
+
+Teacher forcing shows the noisy chunks the whole true past (or a random cut of it); at inference they
+read what a policy kept, at a budget, of a past that the cache's own history shaped. One rollout
+without gradients under a policy (watched: the cache is written with the world's real chunks) records,
+before every chunk, which earlier tokens each layer and batch row kept (``KeptSets``). That becomes one
+attention mask per layer and row over the one-pass [clean | noisy] sequence: the clean copy of chunk c
+attends to what chunk c's cache kept and to itself, exactly as its commit pass did, and its noisy copy
+to the same kept tokens and to itself, exactly as its denoising passes did. So the loss is the
+inference computation, gradients included, at the cost of one more forward without gradients.
+
+The policy and the budget are drawn per step from a mixture (``SITUATION_POLICIES``: the world oracle,
+FIFO, sink + window, standout, random subsets, the current head...) so that the student learns to read a
+sparse, scattered cache whoever chose it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from pafu_core.adapter import WanChunkRunner
+from pafu_core.budget import CacheBudget
+from pafu_core.policies import make_policy
+from pafu_core.policy import Policy
+from pafu_core.sampler import sample_video
+from pafu_core.schedule import SamplerConfig
+
+#: the policies a step may draw (names of pafu_core's registry, or the world oracle); ``pafu`` needs a head
+SITUATION_POLICIES = ("oracle_world", "fifo", "sink_window", "standout", "random", "keep_all", "pafu")
+#: budgets drawn uniformly from this range, as fractions of the world's reference clip
+BUDGET_RANGE = (0.125, 0.5)
+
+
+class _Recorder(Policy):
+    """A policy that scores as ``inner`` does and notes, at every commit, which tokens the cache held before
+    the entering chunk: what that chunk's passes attended to."""
+
+    def __init__(self, inner: Policy):
+        self.inner = inner
+        for name in ("name", "bounded", "scores_on_entry", "requires_sink", "inputs", "state_channels",
+                     "ties_by_recency", "query_frames", "positions"):
+            setattr(self, name, getattr(inner, name))
+        self.kept: list[torch.Tensor] = []          # per chunk: [L, B, n] token positions held before it
+
+    def sink_frames_for(self, budget_tokens, tokens_per_frame, chunk_tokens):
+        return self.inner.sink_frames_for(budget_tokens, tokens_per_frame, chunk_tokens)
+
+    def enter(self, layer, entering, view):
+        return self.inner.enter(layer, entering, view)
+
+    def score(self, view) -> torch.Tensor:
+        self.kept.append(view.token_index[:, :, :view.start].long().clone())
+        return self.inner.score(view)
+
+
+@dataclass
+class KeptSets:
+    """What each chunk of a rollout attended to: ``held[c]`` [L, B, N] bool over the clip's tokens."""
+
+    held: torch.Tensor             # [C, L, B, N]
+    chunk_of_frame: torch.Tensor   # [F] long: the chunk each frame belongs to
+    latents: torch.Tensor          # [B, C, F, H, W] what the rollout generated (the prediction of each chunk)
+
+
+def policy_rollout(runner: WanChunkRunner, policy: Policy, budget: CacheBudget | None, context: torch.Tensor,
+                   observed: torch.Tensor, sampler: SamplerConfig) -> KeptSets:
+    """Roll ``policy`` out over the watched clips ``observed`` [B, C, F, H, W] without gradients."""
+    b, _, f, h, w = observed.shape
+    recorder = _Recorder(policy)
+    with torch.no_grad():
+        res = sample_video(runner, context, num_frames=f, height=h, width=w, policy=recorder, budget=budget,
+                           config=sampler, batch=b, device=observed.device, observed=observed)
+    tokens = f * runner.tokens_per_frame(h, w)
+    held = []
+    for kept in recorder.kept:
+        mask = torch.zeros(*kept.shape[:2], tokens, dtype=torch.bool, device=kept.device)
+        held.append(mask.scatter_(-1, kept, True))
+    chunk_of_frame = torch.arange(f, device=observed.device) // sampler.chunk_frames
+    return KeptSets(torch.stack(held), chunk_of_frame, res.latents)
+
+
+def situation_masks(kept: KeptSets, tokens_per_frame: int) -> torch.Tensor:
+    """[B, L, 2N, 2N] bool masks over the one-pass [clean | noisy] tokens (True = attend): each chunk's clean
+    and noisy copies attend to what its cache held and to their own copy of the chunk."""
+    chunks, layers, b, n = kept.held.shape
+    block = kept.chunk_of_frame.repeat_interleave(tokens_per_frame)                 # [N]
+    past = kept.held[block].permute(2, 1, 0, 3)                                     # [B, L, N (query), N (key)]
+    own = (block[:, None] == block[None, :]).expand(b, layers, n, n)
+    none = torch.zeros_like(own)
+    clean = torch.cat([past | own, none], dim=-1)
+    noisy = torch.cat([past, own], dim=-1)
+    return torch.cat([clean, noisy], dim=-2)
+
+
+def draw_situation(step: int, seed: int, names=SITUATION_POLICIES) -> tuple[str, float]:
+    """The policy and the budget fraction of one step (seeded by the run's seed and the step)."""
+    gen = torch.Generator().manual_seed(seed * 7_919 + step)
+    name = names[int(torch.randint(len(names), (1,), generator=gen))]
+    lo, hi = BUDGET_RANGE
+    return name, lo + (hi - lo) * float(torch.rand((), generator=gen))
+
+
+def build_policy(name: str, clips, head=None, seed: int = 0) -> Policy:
+    """A policy of the mixture for one batch of clips (the world oracle reads their labels)."""
+    if name == "oracle_world":
+        from .oracles import WorldOracle, object_labels
+        return WorldOracle(torch.stack([object_labels(c, c.cfg) for c in clips]))
+    return make_policy(name, head=head, seed=seed)
+
+
+def situation_budget(name: str, fraction: float, reference_frames: int) -> CacheBudget | None:
+    """The budget of a drawn situation (none for keep_all: the whole past, as long as the clip is)."""
+    if name == "keep_all":
+        return None
+    return CacheBudget(fraction, unit="fraction", reference_frames=reference_frames,
+                       sink_frames=1 if name == "sink_window" else 0)
