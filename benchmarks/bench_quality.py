@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from pafu_core.cli import (Parser, UserError, existing_file, fraction_of, list_of, nonneg_int, one_of,  # noqa: E402
                            output_dir, positive_int, run_cli)
 from pafu_lab.charts import plot_accuracy_vs_budget  # noqa: E402
-from pafu_core.policies import policy_entry  # noqa: E402
+from pafu_core.policies import policy_entry, policy_names  # noqa: E402
 from pafu_core.salience import load_head  # noqa: E402
 from pafu_lab.world.evaluate import (BUDGETED, EVAL_SEED, ORACLES, RECALL_EVAL_SEED, TABLE_LEGEND,  # noqa: E402
                                       Batch, check_budget_fraction, check_policies, compare_to_reference, eval_seed,
@@ -143,7 +143,7 @@ def main(argv=None):
     refs = rollouts(student, None, "keep_all", None, batch, kv_storage=args.kv_storage)
     bar.update()
     rows = list(refs)
-    unbounded = [q for q in policies if not policy_entry(row_policy(q)[0]).bounded]
+    unbounded = [q for q in policies if row_policy(q)[0] in policy_names() and not policy_entry(row_policy(q)[0]).bounded]
     for pol in unbounded:                   # rows without a budget (keep-all at other positions) run once
         group = rollouts(student, None, pol, None, batch, reference=refs, kv_storage=args.kv_storage)
         compare_to_reference(group, refs)

@@ -8,12 +8,15 @@ is read off the model's ``rope_embedder``. Layers are always called, never read.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import comfy.model_management
 import torch
 from comfy.ldm.flux.math import apply_rope1
 from comfy.ldm.modules.attention import optimized_attention
 
-from ..pafu_core.positions import TemporalBand
+if TYPE_CHECKING:                      # benchmarks load this file on its own, outside the pack
+    from ..pafu_core.positions import TemporalBand
 
 
 class ComfyOps:
@@ -56,4 +59,5 @@ def temporal_band_of(model) -> TemporalBand:
         raise ValueError(f"positions = realigned moves the temporal phase of cached keys, and this "
                          f"{type(model).__name__} has no 3-axis RoPE (rope_embedder.axes_dim) to read it from; "
                          "use positions = true")
+    from ..pafu_core.positions import TemporalBand
     return TemporalBand(int(axes[0]) // 2, float(getattr(embedder, "theta", 10000.0)))

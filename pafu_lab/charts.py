@@ -26,7 +26,10 @@ def plot_accuracy_vs_budget(rows, budgets, policies, path: str, frames: int, cha
                 m, lo, hi = mean_ci(vals)
                 ax.axhspan(lo, hi, color="0.85", label=f"keep_all (unbounded) {m:.2f}")
             continue
-        stats = [mean_ci([r.accuracy for r in rows if r.policy == pol and r.budget == b]) for b in xs]
+        per_budget = [[r.accuracy for r in rows if r.policy == pol and r.budget == b] for b in xs]
+        if not all(per_budget):              # an unbounded variant (keep-all at other positions): in the table only
+            continue
+        stats = [mean_ci(vals) for vals in per_budget]
         m = np.array([s[0] for s in stats])
         err = np.array([[s[0] - s[1] for s in stats], [s[2] - s[0] for s in stats]])
         style = dict(ls=":", marker="s") if pol.startswith("oracle") else dict(ls="-", marker="o")

@@ -230,3 +230,11 @@ def test_version_from_the_file_beside_a_namespace_package(tmp_path, monkeypatch)
     from fakecomfy.model import M
     assert comfyui_version(M()) == "ComfyUI 0.38.1"
     assert comfyui_version(TinyCausal()) == comfyui_version(None) == "this ComfyUI (version unknown)"
+
+
+def test_refuses_a_query_policy_on_blocks_that_expose_no_queries(version):
+    """participative / deep_forcing score with the newest frames' queries, captured after norm_q: a model without it
+    is refused at patch time, before any sampling."""
+    with pytest.raises(NativeProtocolError) as err:
+        check_native_protocol(TinyCausal("tensor"), needs_queries=True)
+    one_sentence(err, version, "expose no queries", "norm_q")

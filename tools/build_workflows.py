@@ -39,9 +39,12 @@ PATCH_LINKS = [("unet", "MODEL", "patch", "model"), ("budget", "cache", "patch",
 BYPASS = 4
 
 TINY_FRAMES = 360          # 10x the tiny world's 36-frame training clip
-HEAD_NOTE = ("**Policy:** `standout`, which needs no head (it keeps the keys that stand out in their frame, newest "
-             "first; tuned on the pack's tiny world, its quality on Wan is not measured yet). No public PaFu-KV "
-             "head for Wan exists yet: to use the learned policy, distil one (`python -m pafu_lab.distill --config "
+HEAD_NOTE = ("**Policy:** `deep_forcing` over the 21-frame window the model was trained with (budget fraction 1.0 of "
+             "21 frames): a deep sink (half the window, the video's first frames) with its RoPE phase re-aligned, "
+             "the rest kept by the attention the newest frame's queries give (Deep Forcing, arXiv 2512.05081, "
+             "training-free, published on Self-Forcing / Wan 2.1 1.3B; not measured by this pack on Wan). Memory "
+             "stays bounded at any length; a smaller fraction trades quality for memory. No public PaFu-KV head for "
+             "Wan exists yet: to use the learned policy, distil one (`python -m pafu_lab.distill --config "
              "configs/distill_wan21_1.3b.json`), put it in `models/pafu_heads`, un-bypass the PaFu Salience Head "
              "Loader (Ctrl+B), pick the file, connect its head output, and set the budget's policy to `pafu`.")
 
@@ -213,9 +216,9 @@ def wan_text_nodes(prompt, x=0, y=200):
 
 
 def wan_head_budget(x, y, reference=21):
-    """The budget on the training-free policy, and a head loader left bypassed and unconnected (no Wan head
+    """The budget on the head-free Wan default (Deep Forcing over the trained window), and a head loader left bypassed and unconnected (no Wan head
     exists to download): the graph runs with the documented downloads alone."""
-    return [budget("budget", x, y, "standout", reference=reference),
+    return [budget("budget", x, y, "deep_forcing", reference=reference, value=1.0),
             {"key": "head", "type": "PaFuSalienceHeadLoader", "pos": [x, y + 330], "mode": BYPASS,
              "widgets": {"source": "local", "head_name": ""}}]
 

@@ -350,11 +350,12 @@ def table(rows: list[Rollout], single: bool = False) -> str:
         share = statistics.fmean(100 * r.policy_share for r in group)
         label = "unbounded" if budget is None else f"{100 * budget:g}%"
         ref = policy == "keep_all"
+        identical = all(r.psnr == math.inf for r in group)         # reproduces keep-all exactly
         out.append(f"| {label} | {policy} | {cell([r.accuracy for r in group], 3)} |{bounds} "
                    f"{cell([r.recall for r in group], 3)} | {cell([r.false_rate for r in group], 3)} | "
                    f"{cell([r.all_right for r in group], 2)} | {cell([r.consistency for r in group], 2)} | "
                    f"{cell([r.timeline for r in group], 2)} | {cell([r.change for r in group], 2)} | {cell([r.schedule for r in group], 2)} | "
-                   f"{'ref' if ref else cell([r.psnr for r in group], 2)} | "
+                   f"{'ref' if ref else 'identical' if identical else cell([r.psnr for r in group], 2)} | "
                    f"{'ref' if ref else cell([r.ssim for r in group], 3)} | {kv:.3f} | {own:.3f} | {ms:.1f} | "
                    f"{share:.2f} | {len(group)} |")
     return "\n".join(out)

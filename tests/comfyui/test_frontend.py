@@ -182,6 +182,24 @@ def test_core_ar_workflow_runs_with_a_bounded_cache(fresh_page, comfy, output_di
     frame.convert("RGB").save(os.path.join(artifacts, "pafu_tiny_world_core_ar.jpg"), quality=90)
 
 
+def test_core_ar_workflow_with_deep_forcing_realigned_runs_bounded(page, comfy, output_dir):
+    """The same core-AR template with the budget switched, in the frontend, to deep_forcing with realigned
+    positions (the Wan default's recipe): it runs, the cache stays at its budget, the log says realigned."""
+    before = len(core_ar_log_lines(comfy))
+    load(page, next(w for w in TINY if "core_ar" in w))
+    page.evaluate("""() => { const n = app.graph._nodes.find((n) => n.type === 'PaFuKVCacheBudget');
+        for (const [k, v] of [['policy', 'deep_forcing'], ['positions', 'realigned']])
+            n.widgets.find((w) => w.name === k).value = v;
+        const s = app.graph._nodes.find((n) => n.type === 'SaveAnimatedWEBP');
+        s.widgets.find((w) => w.name === 'filename_prefix').value = 'pafu_core_ar_deep_forcing'; }""")
+    entry = queue_from_frontend(page, comfy)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    assert read_webp(output_files(entry, output_dir, "pafu_core_ar_deep_forcing")[0]).shape[0] == 360
+    line = core_ar_log_lines(comfy)[before]
+    assert "policy deep_forcing" in line and "realigned" in line and "kept 144 tokens/layer" in line, line
+    ci_line(f"core ar_video + PaFu patch, deep_forcing realigned, 360 frames: {line.split(': ', 1)[1]}")
+
+
 def test_long_video_workflow_runs_with_live_cache_view(page, comfy, output_dir, artifacts):
     entry = run_workflow(page, comfy, "long_video")
     video = read_webp(output_files(entry, output_dir, "pafu_tiny_long_0")[0])

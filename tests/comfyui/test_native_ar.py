@@ -211,3 +211,34 @@ def test_causal_wan_block_path_equals_our_chunk_runner(core):
             clean = torch.randn(1, 16, 3, 8, 8, generator=gen)
             dm.forward_block(clean, torch.zeros(1, 3), ctx, c * 3, kv, cross)
             runner.forward_chunk(clean, torch.zeros(1, 3), c * 3, cache, write=True)
+
+
+@pytest.mark.parametrize("policy,positions", [("deep_forcing", "realigned"), ("participative", "realigned"),
+                                              ("participative", "true")])
+def test_query_policies_and_realignment_on_core_path_equal_our_sampler(core, policy, positions):
+    """Core's SamplerARVideo with the patch and our sampler (core's noise stream) under the same cache: queries
+    captured through core's norm_q hooks, keys rotated where core roped them. Our sampler equals the hand
+    reference (tests/test_positions.py), so this is the core path against that reference; prints the max diff."""
+    model = unet(core)
+    positive, latent = scene(core, frames=18)
+    cache = budget(core, policy, 6.0, positions=positions)
+    theirs = core_sample(core, patched(core, model, cache), positive, latent, seed=4)
+    lat, report = run(core["ours"]["PaFuARChunkSampler"], model=model, positive=positive, latent=latent, cache=cache,
+                      seed=4, chunk_frames=3, timesteps="1000,750,500,250", context_timestep=0.0,
+                      noise_stream="comfy_ar")
+    diff = float((lat["samples"] - theirs).abs().max())
+    print(f"[core path] {policy} positions={positions}: max |core - ours| = {diff:.2e}")
+    assert report.positions == positions and sum(c.evicted for c in report.chunks) > 0
+    assert diff < 2e-4, diff
+
+
+def test_realigned_on_a_model_whose_rope_has_no_temporal_band_is_refused(core):
+    model = unet(core).clone()
+    dm = model.model.diffusion_model
+    saved = dm.rope_embedder.axes_dim
+    dm.rope_embedder.axes_dim = None
+    try:
+        with pytest.raises(ValueError, match="no 3-axis RoPE"):
+            patched(core, model, budget(core, "deep_forcing", 6.0, positions="realigned"))
+    finally:
+        dm.rope_embedder.axes_dim = saved
