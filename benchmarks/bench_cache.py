@@ -8,6 +8,8 @@ Every row is timed in this process, next to the lean reference forward (``lean_r
 same blocks and shapes, SDPA over one contiguous pre-filled cache of the same size, nothing else), so
 each row prints its ratio to it. Peak memory is the allocator's peak on a GPU, the tensor-storage peak
 on the CPU (``pafu_core/memory.py``), measured in a second run so that tracking never slows the timing.
+After each length, Deep Forcing's and participative compression's chunk time and peak memory over FIFO's at
+the same budget: what the Wan default costs over the cheapest policy.
 
     python benchmarks/bench_cache.py                       # tiny model, CPU
     python benchmarks/bench_cache.py --wan13b --device cuda --dtype bfloat16 --json out/bench_cache.json
@@ -31,7 +33,7 @@ from pafu_core.adapter import WanChunkRunner  # noqa: E402
 from pafu_core.budget import REFERENCE_FRAMES, CacheBudget  # noqa: E402
 from pafu_core.cli import (Parser, UserError, fraction_of, list_of, one_of, output_file, positive_int,  # noqa: E402
                            run_cli, torch_device, torch_dtype)
-from pafu_core.policies import make_policy, policy_entries  # noqa: E402
+from pafu_core.policies import make_policy, policy_entries, policy_entry  # noqa: E402
 from pafu_core.salience import HeadConfig, SalienceHead  # noqa: E402
 from pafu_core.sampler import sample_video  # noqa: E402
 from pafu_core.schedule import SamplerConfig  # noqa: E402
@@ -63,7 +65,8 @@ def rollout(runner, context, args, policy: str, budget, frames: int, storage: st
     hw = latent_hw(args)
     return sample_video(runner, context, num_frames=frames, height=hw[0], width=hw[1],
                         policy=make_policy(policy, head=head, seed=0), budget=budget,
-                        config=SamplerConfig(chunk_frames=3, seed=0), device=args.device, kv_storage=storage)
+                        config=SamplerConfig(chunk_frames=3, seed=0), device=args.device, kv_storage=storage,
+                        positions=policy_entry(policy).cls.positions)          # each policy's own recipe
 
 
 def measure(runner, context, args, policy: str, budget, frames: int, storage: str = "model") -> dict:
@@ -92,6 +95,19 @@ def measure(runner, context, args, policy: str, budget, frames: int, storage: st
                 peak_mib=peak, wall_s=wall, hw=list(hw))
 
 
+def print_against_fifo(rows: list[dict]) -> None:
+    """Deep Forcing's cost next to FIFO's at one budget: what the Wan default costs over the cheapest policy."""
+    by_policy = {r["policy"]: r for r in rows}
+    fifo = by_policy.get("fifo")
+    for name in ("deep_forcing", "participative"):
+        r = by_policy.get(name)
+        if r is None or fifo is None:
+            continue
+        print(f"{r['frames']:>6} {name} / fifo at {r['budget']}: chunk time {r['last_ms'] / fifo['last_ms']:.3f}x, "
+              f"peak memory {r['peak_mib'] / fifo['peak_mib']:.3f}x, K/V held {r['kv_mib'] / fifo['kv_mib']:.3f}x",
+              flush=True)
+
+
 def main(argv=None):
     window = f"{REFERENCE_FRAMES}-frame reference window"
     p = Parser(prog="benchmarks/bench_cache.py", description=__doc__)
@@ -106,7 +122,7 @@ def main(argv=None):
     p.add_argument("--fractions", type=list_of(fraction_of(REFERENCE_FRAMES, window)), default=[0.25],
                    help=f"of the {window}")
     p.add_argument("--policies", type=list_of(one_of(tuple(e.name for e in policy_entries() if e.bounded), "policy")),
-                   default=["pafu", "fifo", "sink_window", "attention_mass"])
+                   default=["pafu", "fifo", "sink_window", "attention_mass", "participative", "deep_forcing"])
     p.add_argument("--int8", action=argparse.BooleanOptionalAction, default=True, help="also fifo with 8-bit K/V")
     p.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True, help="measure peak memory")
     p.add_argument("--lean", action=argparse.BooleanOptionalAction, default=True, help="time the lean reference")
@@ -149,6 +165,8 @@ def main(argv=None):
                   f"{r['lean_ms']:>8.1f} {r['x_lean']:>7.2f} {r['x_keep_all']:>10.2f} {r['policy_share']:>8.2f} "
                   f"{r['kv_mib']:>8.2f} {r['cache_mib']:>9.2f} {r['peak_mib']:>9.1f}", flush=True)
         rows += [r for _, r in group]
+        for frac in fractions:
+            print_against_fifo([r for label, r in group if label == f"{100 * frac:g}%"])
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as fh:

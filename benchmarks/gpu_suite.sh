@@ -76,4 +76,7 @@ fi
 run "item 7: distillation (python -m pafu_lab.distill)" \
   $PY -m pafu_lab.distill "${DISTILL[@]}" --targets future_student --rescore --steps 5 --rescore-steps 5 \
   --device "$DEVICE" --dtype "$DTYPE" --eval-budget 0 --out "$OUTDIR/suite_head.safetensors"
+# item 8: what scoring costs per chunk: the head, participative compression and Deep Forcing (its query window)
+run "item 8: policy cost per chunk (bench_policy_cost.py)" \
+  $PY benchmarks/bench_policy_cost.py --device "$DEVICE" $([ "$TINY" = 1 ] && echo "--tiny --dtype float32 --repeats 1" || echo "--dtype bfloat16")
 echo "gpu_suite: done in $(( $(date +%s) - start )) s; results in $RESULTS"

@@ -40,14 +40,20 @@ def attention_with_key_mass(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
 def attention_received(q: torch.Tensor, k: torch.Tensor, max_bytes: float = 256e6) -> torch.Tensor:
     """Mean attention each key receives: q [B, S, H, D] (roped), k [B, N, H, D] (every key those queries attend
-    to) -> [B, N] fp32 = mean over heads and queries of softmax(q k^T / sqrt(D)) (each row over all N keys)."""
+    to) -> [B, N] fp32 = mean over heads and queries of softmax(q k^T / sqrt(D)) (each row over all N keys).
+
+    At most ``D`` queries a tile, so a tile's fp32 logits are no larger than the keys in fp32; the keys are
+    never copied (the product runs in their dtype, the softmax in fp32, in place): scoring adds about one
+    key-sized buffer to the pass, not a query x key map."""
     b, s, h, d = q.shape
     n = k.shape[1]
-    tile = query_tile_size(n, b, h, max_bytes)
-    kt = k.transpose(1, 2).to(torch.float32)          # [B, H, N, D]
+    tile = min(d, query_tile_size(n, b, h, max_bytes))
+    kt = k.transpose(1, 2)                            # [B, H, N, D], a view
     total = torch.zeros(b, n, dtype=torch.float32, device=q.device)
     scale = d ** -0.5
     for start in range(0, s, tile):
-        qt = q[:, start:start + tile].transpose(1, 2).to(torch.float32)   # [B, H, T, D]
-        total += torch.softmax((qt @ kt.transpose(-1, -2)) * scale, dim=-1).sum(dim=(1, 2))
+        qt = q[:, start:start + tile].transpose(1, 2).to(k.dtype)         # [B, H, T, D]
+        logits = (qt @ kt.transpose(-1, -2)).float().mul_(scale)          # [B, H, T, N]
+        logits.sub_(logits.amax(dim=-1, keepdim=True)).exp_()
+        total += logits.div_(logits.sum(dim=-1, keepdim=True)).sum(dim=(1, 2))
     return total / (h * s)

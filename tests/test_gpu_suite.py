@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PARTS = ("items 1-4", "item 4: 8-bit", "item 5", "item 6", "item 7")
+PARTS = ("items 1-4", "item 4: 8-bit", "item 5", "item 6", "item 7", "item 8")
 
 
 def test_gpu_suite_runs_every_part_at_a_tiny_shape(tmp_path):
@@ -18,6 +18,7 @@ def test_gpu_suite_runs_every_part_at_a_tiny_shape(tmp_path):
         assert f"## {part}" in results, part
     assert "FAILED" not in results, results
     assert "x lean" in results and "fifo (int8)" in results                  # the lean-reference ratios, 8 bits
+    assert "deep_forcing / fifo" in results and "| deep_forcing, newest frame |" in results   # the Wan default's cost
     assert "PSNR int8 vs full-precision cache" in results
     assert "keep_all fills the same memory after" in results
     assert "targets_s_per_clip" in results
