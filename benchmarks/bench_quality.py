@@ -143,7 +143,7 @@ def main(argv=None):
     refs = rollouts(student, None, "keep_all", None, batch, kv_storage=args.kv_storage)
     bar.update()
     rows = list(refs)
-    unbounded = [q for q in policies if row_policy(q)[0] in policy_names() and not policy_entry(row_policy(q)[0]).bounded]
+    unbounded = [q for q in policies if (base := row_policy(q)[0]) in policy_names() and not policy_entry(base).bounded]
     for pol in unbounded:                   # rows without a budget (keep-all at other positions) run once
         group = rollouts(student, None, pol, None, batch, reference=refs, kv_storage=args.kv_storage)
         compare_to_reference(group, refs)

@@ -58,9 +58,9 @@ def report(path: str) -> str:
         means[(r["budget"], r["policy"])].append(r)
     rows = [dict(budget=b, policy=p, psnr=statistics.fmean(x["psnr"] for x in group),
                  score=statistics.fmean(x["score"] for x in group)) for (b, p), group in means.items()]
+    by_budget = {b: [r for r in rows if r["budget"] == b] for b in sorted({r["budget"] for r in rows}, reverse=True)}
     lines = [data["header"], f"{len(rows)} budgeted rows (policy x budget), PSNR vs keep-all against the truth score:"]
-    for budget in sorted({r["budget"] for r in rows}, reverse=True):
-        at = [r for r in rows if r["budget"] == budget]
+    for budget, at in by_budget.items():
         lines.append(f"  {100 * budget:g}%: Spearman across {len(at)} policies {rank_agreement(at):+.3f}")
     lines.append(f"  every budget together: Spearman across {len(rows)} rows {rank_agreement(rows):+.3f}")
     per_video = defaultdict(list)
@@ -71,11 +71,10 @@ def report(path: str) -> str:
         m, lo, hi = mean_ci(rhos)
         lines.append(f"  one video at a time (what a user sees): mean Spearman {m:+.3f}, 95% CI [{lo:+.3f}, {hi:+.3f}] "
                      f"over {len(rhos)} video x budget groups")
-    best_psnr = {b: max((r for r in rows if r["budget"] == b), key=lambda r: r["psnr"]) for b in {r["budget"] for r in rows}}
-    best_score = {b: max((r for r in rows if r["budget"] == b), key=lambda r: r["score"]) for b in best_psnr}
-    for b in sorted(best_psnr, reverse=True):
-        lines.append(f"  {100 * b:g}%: highest PSNR {best_psnr[b]['policy']} (score {best_psnr[b]['score']:+.3f}); "
-                     f"highest score {best_score[b]['policy']} ({best_score[b]['score']:+.3f})")
+    for budget, at in by_budget.items():
+        best_psnr, best_score = max(at, key=lambda r: r["psnr"]), max(at, key=lambda r: r["score"])
+        lines.append(f"  {100 * budget:g}%: highest PSNR {best_psnr['policy']} (score {best_psnr['score']:+.3f}); "
+                     f"highest score {best_score['policy']} ({best_score['score']:+.3f})")
     return "\n".join(lines)
 
 
