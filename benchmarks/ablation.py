@@ -23,7 +23,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from pafu_core.cli import Parser, existing_file, fraction_of, list_of, nonneg_float, one_of, output_dir, positive_int, run_cli  # noqa: E402,E501
-from pafu_lab.distill import DistillConfig, distill  # noqa: E402
+from pafu_core.distill.recipe import DistillConfig  # noqa: E402
+from pafu_lab.distill import distill  # noqa: E402
 from pafu_core.salience import load_head, save_head  # noqa: E402
 from pafu_core.world import assets  # noqa: E402
 from pafu_lab.assets import TEACHER  # noqa: E402

@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from pafu_core.attention import query_tile_size  # noqa: E402
 from pafu_core.cli import Parser, UserError, positive_float, positive_int, run_cli, torch_device, torch_dtype  # noqa: E402,E501
-from pafu_lab.teacher import sse_region_scores, token_blocks  # noqa: E402
+from pafu_core.distill.targets import sse_region_scores, token_blocks  # noqa: E402
 
 
 def rss_mib() -> float:

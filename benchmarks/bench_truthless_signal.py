@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from pafu_core.cli import Parser, UserError, existing_file, run_cli  # noqa: E402
-from pafu_lab.distill import spearman  # noqa: E402
+from pafu_core.distill.ranking import spearman  # noqa: E402
 from pafu_lab.world.evaluate import mean_ci  # noqa: E402
 
 

@@ -8,8 +8,10 @@ import sys
 import pytest
 import torch
 
-from pafu_lab.distill import (DistillConfig, Example, _parse, distill, newer_by_frame, rescore_inputs, spearman,
-                               topk_recall)
+from pafu_core.distill.features import Example, newer_by_frame, rescore_inputs
+from pafu_core.distill.ranking import spearman, topk_recall
+from pafu_core.distill.recipe import DistillConfig
+from pafu_lab.distill import _parse, distill
 from pafu_core.salience import load_head
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -125,10 +125,49 @@ def test_runtime_never_reaches_the_research():
             seen.add(m)
             todo += graph[m]
     assert not [m for m in seen if m.startswith("pafu_lab")], sorted(m for m in seen if m.startswith("pafu_lab"))
-    assert not [m for m in seen if m.rpartition(".")[2] in RESEARCH], sorted(seen)
+    shipped = [m for m in seen if not m.startswith("pafu_core.distill")]     # the distillation the node runs
+    assert not [m for m in shipped if m.rpartition(".")[2] in RESEARCH], sorted(shipped)
     code = ("import sys, pkgutil, importlib, pafu_core; "
             "[importlib.import_module(m.name) for m in pkgutil.walk_packages(pafu_core.__path__, 'pafu_core.')]; "
             "bad = [m for m in sys.modules if m.startswith('pafu_lab')]; print(bad); sys.exit(1 if bad else 0)")
+    proc = run_python(code)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_loading_the_pack_loads_no_distillation_module():
+    """The shipped distillation is imported only when its node runs: nothing at module level of the nodes or
+    of the rest of the runtime reaches ``pafu_core.distill`` (loading the pack stays as light as before)."""
+    import ast
+    top_level: dict[str, set[str]] = {}
+    graph = import_graph()
+    for m in graph:
+        path = os.path.join(ROOT, *m.split(".")) + ".py"
+        if not os.path.isfile(path):
+            path = os.path.join(ROOT, *m.split("."), "__init__.py")
+        body = ast.parse(open(path).read()).body
+        names = set()
+        for node in body:                                  # module level only: lazy imports are the point
+            if isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    package = m if path.endswith("__init__.py") else m.rpartition(".")[0]
+                    parts = package.split(".")[:len(package.split(".")) - node.level + 1]
+                    base = ".".join(parts + ([base] if base else []))
+                names |= {base} | {f"{base}.{a.name}" for a in node.names}
+            elif isinstance(node, ast.Import):
+                names |= {a.name for a in node.names}
+        top_level[m] = {d for d in names if d in graph and d != m}
+    seen, todo = set(), [m for m in graph if m.split(".")[0] == "nodes" or
+                         (m.startswith("pafu_core") and not m.startswith("pafu_core.distill"))]
+    while todo:
+        m = todo.pop()
+        if m not in seen:
+            seen.add(m)
+            todo += top_level[m]
+    assert not [m for m in seen if m.startswith("pafu_core.distill")], sorted(seen)
+    runtime = sorted(m for m in graph if m.startswith("pafu_core") and not m.startswith("pafu_core.distill"))
+    code = (f"import sys, importlib; [importlib.import_module(m) for m in {runtime!r}]; "
+            "bad = [m for m in sys.modules if m.startswith('pafu_core.distill')]; print(bad); sys.exit(1 if bad else 0)")
     proc = run_python(code)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pafu_core.ops import rope_angles
-from pafu_lab.teacher import (SSEConfig, attention_use, combine_regions, region_presence, regions_from_use,
+from pafu_core.distill.targets import (SSEConfig, attention_use, combine_regions, region_presence, regions_from_use,
                                sse_region_scores, sse_targets, token_blocks, use_from_full_attention)
 
 
@@ -56,7 +56,7 @@ def test_targets_at_a_commit_are_use_by_later_blocks():
     fb = 2
     q, k, blocks, use = one_layer_use(0, fb=fb)
     cfg = SSEConfig(block_frames=fb, weights=(0.0, 0.0, 1.0), future_min_gap=2)
-    from pafu_lab.teacher import SalienceTargets
+    from pafu_core.distill.targets import SalienceTargets
     res = SalienceTargets(use=use, blocks=blocks, regions=regions_from_use(use, blocks, 2),
                           present=region_presence(blocks, 2), targets=None, config=cfg)
     p = probs_of(q, k)
@@ -75,7 +75,7 @@ def test_targets_at_a_commit_are_use_by_later_blocks():
 def test_superseded_targets_credit_only_use_beyond_newer_views_of_the_place():
     tpf, fb = 3, 2
     q, k, blocks, use = one_layer_use(1, tpf=tpf, fb=fb)
-    from pafu_lab.teacher import SalienceTargets
+    from pafu_core.distill.targets import SalienceTargets
     res = SalienceTargets(use=use, blocks=blocks, regions=regions_from_use(use, blocks, 1),
                           present=region_presence(blocks, 1), targets=None, tokens_per_frame=tpf,
                           config=SSEConfig(block_frames=fb, weights=(0.0, 0.0, 1.0), supersede=True))

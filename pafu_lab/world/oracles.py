@@ -16,7 +16,7 @@ from pafu_core.policy import Policy
 from pafu_core.schedule import TIMESTEP_SCALE
 from pafu_core.world.scenes import DEFAULT_WORLD, WorldConfig
 
-from ..teacher import SSEConfig, attention_use
+from pafu_core.distill.targets import SSEConfig, attention_use
 from .metrics import world_labels
 
 #: a priority outranks any recency difference (frame indices stay far below it)

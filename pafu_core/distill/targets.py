@@ -29,8 +29,8 @@ from dataclasses import dataclass
 import torch
 from einops import rearrange
 
-from pafu_core.attention import query_tile_size
-from pafu_core.schedule import TIMESTEP_SCALE
+from ..attention import query_tile_size
+from ..schedule import TIMESTEP_SCALE
 
 REGIONS = ("past", "diag", "future")
 SOURCES = ("teacher_clean", "teacher_noisy", "student")
@@ -247,8 +247,8 @@ def attention_use(runner, latents: torch.Tensor, context: torch.Tensor, cfg: SSE
 
     ``writer`` (student source): an unbounded policy for the keep-all cache the clip is written
     into, which sees every entering token (the distillation records the head's features with it)."""
-    from pafu_core.cache import CacheShape, open_cache
-    from pafu_core.policies import make_policy
+    from ..cache import CacheShape, open_cache
+    from ..policies import make_policy
 
     b, _, f, hgt, wid = latents.shape
     tpf = runner.tokens_per_frame(hgt, wid)
