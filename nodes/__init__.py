@@ -8,6 +8,7 @@ from . import paths
 from .ar_loader import PaFuARCheckpointLoader
 from .cache_budget import PaFuKVCacheBudget
 from .cache_patch import PaFuKVCachePatch
+from .distill import PaFuDistillSalienceHead, PaFuPromptList
 from .head_loader import PaFuSalienceHeadLoader
 from .report import PaFuCacheReport
 from .sampler import PaFuARChunkSampler
@@ -16,7 +17,7 @@ from .tiny_world import PaFuTinyWorldDecode, PaFuTinyWorldModel, PaFuTinyWorldSc
 
 NODES = [PaFuSalienceHeadLoader, PaFuKVCacheBudget, PaFuARChunkSampler, PaFuKVCachePatch, PaFuCacheReport,
          PaFuPromptTimeline, PaFuTimelineGuider, PaFuARCheckpointLoader, PaFuTinyWorldModel, PaFuTinyWorldScene,
-         PaFuTinyWorldStart, PaFuTinyWorldDecode]
+         PaFuTinyWorldStart, PaFuTinyWorldDecode, PaFuPromptList, PaFuDistillSalienceHead]
 
 
 class PaFuExtension(ComfyExtension):

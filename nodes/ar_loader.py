@@ -13,6 +13,9 @@ from comfy_api.latest import io
 
 from ..pafu_core.wan import check_wan_state_dict, read_state_dict, strip_checkpoint_prefixes
 
+#: set on a MODEL's BaseModel by the pack's loaders of causal-AR checkpoints: its file name (the distill node
+#: accepts such a model, and names the file in the head's card)
+CAUSAL_AR_FILE = "pafu_causal_ar_file"
 DTYPES = {"default": None, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
@@ -43,4 +46,5 @@ class PaFuARCheckpointLoader(io.ComfyNode):
         model = comfy.sd.load_diffusion_model_state_dict(sd, model_options=options)
         if model is None:
             raise ValueError(f"ComfyUI could not build a model from {ckpt_name}")
+        setattr(model.model, CAUSAL_AR_FILE, ckpt_name)
         return io.NodeOutput(model)

@@ -19,6 +19,7 @@ from comfy_api.latest import io
 from ..pafu_core.world import assets
 from ..pafu_core.world.codec import LATENT_CHANNELS, decode_frames, encode_frames
 from ..pafu_core.world.scenes import DEFAULT_WORLD, STYLE_NAMES, render_clip, style_context
+from .ar_loader import CAUSAL_AR_FILE
 
 
 class PaFuTinyWorldModel(io.ComfyNode):
@@ -41,6 +42,7 @@ class PaFuTinyWorldModel(io.ComfyNode):
         model = comfy.sd.load_diffusion_model_state_dict(sd, metadata=metadata)
         if model is None:
             raise RuntimeError(f"ComfyUI could not detect a model in {assets.STUDENT}")
+        setattr(model.model, CAUSAL_AR_FILE, os.path.basename(assets.STUDENT))
         return io.NodeOutput(model)
 
 

@@ -114,3 +114,24 @@ def check_frames_match(report: CacheReport, frames: torch.Tensor) -> None:
     if abs(h * gw - w * gh) > 0.05 * w * gh:
         raise ValueError(f"the frames are {w}x{h} but this report's video is {gw}x{gh} tokens (aspect ratio "
                          "differs): connect the decoded frames of the same video")
+
+
+def render_fidelity(per_frame: dict[str, list[float]], budget: float, width: int = 900, height: int = 420) -> np.ndarray:
+    """[H, W, 3] uint8: PSNR to keep-all per latent frame, one line per policy (a distilled head's report:
+    the quality signal that needs no truth). Frames identical to keep-all (inf) are left out."""
+    plt = _pyplot()
+    dpi = 100
+    fig, ax = plt.subplots(figsize=(width / dpi, height / dpi), dpi=dpi)
+    for i, (name, values) in enumerate(per_frame.items()):
+        frames = [f for f, v in enumerate(values) if np.isfinite(v)]
+        finite = [values[f] for f in frames]
+        mean = sum(finite) / len(finite) if finite else float("nan")
+        ax.plot(frames, finite, color=f"C{i % 10}", lw=2 if name == "pafu" else 1.2,
+                label=f"{name} (mean {mean:.1f} dB)")
+    ax.set_title(f"fidelity to keep-all with the same noise, budget {100 * budget:g}% of the clip (higher is closer)")
+    ax.set_xlabel("latent frame")
+    ax.set_ylabel("PSNR (dB, latent space)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper right")
+    fig.tight_layout()
+    return _to_array(fig)

@@ -31,19 +31,15 @@ import torch
 from tqdm.auto import tqdm
 
 from pafu_core.adapter import WanChunkRunner
-from pafu_core.budget import CacheBudget
 from pafu_core.cli import Parser, UserError, output_file, run_cli
 from pafu_core.distill.features import Example, build_example
+from pafu_core.distill.fidelity import fidelity_to_keep_all, mean_db
 from pafu_core.distill.ranking import head_lists, ranking_metrics, scorer_lists
 from pafu_core.distill.recipe import DistillConfig
 from pafu_core.distill.rollouts import Clip, rollout_clip
 from pafu_core.distill.training import train
-from pafu_core.policies import PaFuSalience, make_policy
 from pafu_core.salience import HeadConfig, SalienceHead, save_head
-from pafu_core.sampler import sample_video
 from pafu_core.wan import WAN21_1_3B, WanDiT, init_weights_, load_wan_checkpoint, tiny_config
-
-from .world.metrics import psnr
 
 # ---- models and clips ------------------------------------------------------------------------
 
@@ -104,22 +100,9 @@ def build_examples(student, teacher, clips, cfg: DistillConfig, head: SalienceHe
 
 
 def rollout_fidelity(student: WanChunkRunner, head: SalienceHead, clips: list[Clip], cfg: DistillConfig) -> dict:
-    """PSNR (latent space) of budgeted rollouts against keep-all with the same noise."""
-    frames = cfg.eval_frames or 2 * cfg.rollout_frames
-    budget = CacheBudget(cfg.eval_budget, unit="fraction", reference_frames=cfg.rollout_frames)
-    out = {}
-    for name in ("pafu", "fifo", "key_norm"):
-        vals = []
-        for i, clip in enumerate(clips):
-            kw = dict(num_frames=frames, height=cfg.latent_size[0], width=cfg.latent_size[1],
-                      config=cfg.sampler(seed=50_000 + i), device=cfg.device)
-            ctx = clip.context.to(cfg.device)
-            ref = sample_video(student, ctx, policy=make_policy("keep_all"), budget=None, **kw).latents
-            pol = PaFuSalience(head) if name == "pafu" else make_policy(name)
-            got = sample_video(student, ctx, policy=pol, budget=budget, **kw).latents
-            vals.append(psnr(got, ref, peak=float(ref.abs().max()) or 1.0))
-        out[f"psnr_vs_keep_all_{name}"] = sum(vals) / len(vals)
-    return out
+    """Mean PSNR (latent space) of budgeted rollouts against keep-all with the same noise."""
+    per_frame = fidelity_to_keep_all(student, head, [c.context for c in clips], cfg, ("pafu", "fifo", "key_norm"))
+    return {f"psnr_vs_keep_all_{name}": mean_db(db) for name, db in per_frame.items()}
 
 
 def train_with_bar(head: SalienceHead, examples: list[Example], cfg: DistillConfig, rank: int, world: int,

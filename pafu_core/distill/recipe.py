@@ -92,3 +92,50 @@ class DistillConfig:
         return SamplerConfig(chunk_frames=self.chunk_frames, timesteps=tuple(self.timesteps),
                              shift=self.shift, seed=seed)
 
+
+
+#: recipe defaults by model size (the node's "0 = auto"): the tiny world's student distils in minutes on a
+#: CPU; a Wan 2.1 model gets the 21-frame window it was trained with and subsampled features
+_SMALL = dict(rollouts=16, heldout=4, rollout_frames=36, steps=300, rescore_steps=300, hidden=32)
+_WAN = dict(rollouts=64, heldout=8, rollout_frames=21, steps=1000, rescore_steps=1000, hidden=32,
+            feature_tokens=4096)
+
+
+def check_prompts(contexts, text_dim: int) -> None:
+    """A prompt list the rollouts can use: not empty, every prompt [1, L, text_dim]."""
+    if not contexts:
+        raise ValueError("the prompt list is empty: connect at least one prompt to the PaFu Prompt List")
+    widths = sorted({int(c.shape[-1]) for c in contexts})
+    if len(widths) > 1:
+        raise ValueError(f"the prompts have mixed text widths ({', '.join(map(str, widths))}): encode them all "
+                         "with the same text encoder")
+    bad = [i for i, c in enumerate(contexts) if c.ndim != 3 or c.shape[0] != 1]
+    if widths[0] != text_dim or bad:
+        raise ValueError(f"the prompts must be [1, tokens, {text_dim}] for this model, got "
+                         f"{tuple(contexts[bad[0] if bad else 0].shape)} (another text encoder?)")
+
+
+def node_recipe(*, dim: int, text_dim: int, contexts, latent_size: tuple[int, int], budget: float, rollouts: int = 0,
+                clip_frames: int = 0, steps: int = 0, chunk_frames: int = 3,
+                timesteps: tuple[float, ...] = (1000.0, 750.0, 500.0, 250.0), shift: float = 5.0, seed: int = 0,
+                device: str = "cpu", dtype: str = "float32") -> DistillConfig:
+    """The node's recipe: 0 means the default for the model's size; every input checked before any work.
+
+    ``budget`` is the fraction of the clip the head will serve at (its fidelity check runs there)."""
+    check_prompts(contexts, text_dim)
+    base = dict(_SMALL if dim <= 512 else _WAN)
+    frames = clip_frames or base["rollout_frames"]
+    if not 0 < budget <= 1:
+        raise ValueError(f"budget must be a fraction of the clip in (0, 1], got {budget}")
+    if budget * frames < chunk_frames:
+        raise ValueError(f"a budget of {budget:g} x {frames} frames holds {budget * frames:g} latent frames, less than "
+                         f"one {chunk_frames}-frame chunk: raise the budget or clip_frames")
+    base.update(rollout_frames=frames, latent_size=tuple(latent_size), chunk_frames=chunk_frames,
+                timesteps=tuple(timesteps), shift=shift, seed=seed, device=device, dtype=dtype, eval_budget=budget,
+                targets="future_student", rescore=True, age_form="monotone", age_unit=float(frames))
+    if rollouts:
+        base["rollouts"] = rollouts
+        base["heldout"] = min(base["heldout"], max(1, rollouts // 4))
+    if steps:
+        base.update(steps=steps, rescore_steps=steps)
+    return DistillConfig(**base)

@@ -94,10 +94,16 @@ class _Training:
         losses: list[torch.Tensor] = []
         for step in range(start, end):
             losses.append(self.step(0 if step < cfg.steps else 1))
-            if self.ckpt and ((step + 1) % cfg.ckpt_every == 0 or step + 1 == end):
+            saved = bool(self.ckpt) and ((step + 1) % cfg.ckpt_every == 0 or step + 1 == end)
+            if saved:
                 self.save(step + 1)
             if on_step is not None:
-                on_step(step + 1, end, losses[-1])
+                try:
+                    on_step(step + 1, end, losses[-1])
+                except BaseException:           # a cancel: keep every step done, so a re-run resumes here
+                    if self.ckpt and not saved:
+                        self.save(step + 1)
+                    raise
         return [float(v) for v in losses], start
 
     def step(self, stage: int) -> torch.Tensor:

@@ -31,6 +31,10 @@ EXPECTED_INPUTS = {
     "PaFuTinyWorldStart": {"model": "MODEL", "style": "COMBO", "world_seed": "INT", "latent_frames": "INT",
                            "batch_size": "INT"},
     "PaFuTinyWorldDecode": {"latent": "LATENT", "scale": "INT"},
+    "PaFuPromptList": {f"prompt_{i}": "CONDITIONING" for i in range(1, 9)},
+    "PaFuDistillSalienceHead": {"model": "MODEL", "prompts": "PAFU_PROMPTS", "latent": "LATENT", "budget": "FLOAT",
+                                "name": "STRING", "rollouts": "INT", "clip_frames": "INT", "steps": "INT",
+                                "chunk_frames": "INT", "timesteps": "STRING", "seed": "INT"},
     "PaFuPromptTimeline": {"change_frames": "STRING", "prompt_2": "CONDITIONING", "prompt_3": "CONDITIONING",
                            "prompt_4": "CONDITIONING", "recache": "BOOLEAN"},
     "PaFuTimelineGuider": {"model": "MODEL", "positive": "CONDITIONING", "timeline": "PAFU_TIMELINE",
@@ -38,7 +42,8 @@ EXPECTED_INPUTS = {
 }
 DISPLAY = {"PaFuSalienceHeadLoader": "PaFu Salience Head Loader", "PaFuKVCacheBudget": "PaFu KV Cache Budget",
            "PaFuARChunkSampler": "PaFu AR Chunk Sampler", "PaFuCacheReport": "PaFu Cache Report",
-           "PaFuKVCachePatch": "PaFu KV Cache Patch"}
+           "PaFuKVCachePatch": "PaFu KV Cache Patch", "PaFuDistillSalienceHead": "PaFu Distill Salience Head",
+           "PaFuPromptList": "PaFu Prompt List"}
 
 
 def tracebacks(log: str) -> list[str]:
