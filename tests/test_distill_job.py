@@ -120,7 +120,7 @@ def node_recipe_for(runner, **kw):
 def test_the_node_recipe_defaults_by_model_size_and_keeps_what_the_user_set(runner):
     from pafu_core.distill.recipe import node_recipe
     tiny = node_recipe_for(runner)
-    assert (tiny.rollouts, tiny.rollout_frames, tiny.steps, tiny.feature_tokens) == (16, 36, 300, 0)
+    assert (tiny.rollouts, tiny.rollout_frames, tiny.steps, tiny.feature_tokens) == (48, 72, 1200, 0)
     assert tiny.targets == "future_student" and tiny.rescore and tiny.age_form == "monotone"
     wan = node_recipe(dim=1536, text_dim=4096, contexts=prompts(), latent_size=(60, 104), budget=0.25)
     assert (wan.rollouts, wan.rollout_frames, wan.feature_tokens) == (64, 21, 4096)

@@ -229,7 +229,8 @@ class DistillJob:
             out.append(item)
             self.report(stage, i + 1, count, done_before)
         self.resumed_from[stage] = done_before
-        self.report(stage, count, count, done_before)
+        if done_before == count:             # all read back: say the stage is done
+            self.report(stage, count, count, done_before)
         return out
 
     def begin(self, stage: str) -> None:

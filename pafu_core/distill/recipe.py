@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
+
 from ..schedule import TIMESTEP_SCALE, SamplerConfig
 from .targets import SSEConfig
 
@@ -44,6 +46,8 @@ class DistillConfig:
     sse_supersede: bool = False        # re-scoring targets: a newer view at a place takes over its use (targets.py)
     horizon_frames: int = 0            # re-scoring: commits need this many frames after them (0: a third of the clip)
     feature_tokens: int = 0            # tokens per clip whose head features are kept, on the CPU (0: all); for big models
+    target_steps: int = 0              # noisy targets: this many of the sampler's steps, evenly spread (0: all)
+    target_query_stride: int = 1       # noisy targets: every n-th query of a block scores the keys
     # head
     input_features: tuple[str, ...] = ("keys", "values")
     hidden: int = 64
@@ -85,8 +89,11 @@ class DistillConfig:
     def sse(self) -> SSEConfig:
         noisy = self.sse_source != "teacher_clean"
         steps = tuple(TIMESTEP_SCALE * s for s in self.sampler(0).sigmas) if noisy else SSEConfig.timesteps
+        if noisy and 0 < self.target_steps < len(steps):
+            picks = torch.linspace(0, len(steps) - 1, self.target_steps).round().long().unique().tolist()
+            steps = tuple(steps[i] for i in picks)
         return SSEConfig(block_frames=self.chunk_frames, weights=tuple(self.sse_weights), source=self.sse_source,
-                         timesteps=steps, supersede=self.sse_supersede)
+                         timesteps=steps, supersede=self.sse_supersede, query_stride=self.target_query_stride)
 
     def sampler(self, seed: int) -> SamplerConfig:
         return SamplerConfig(chunk_frames=self.chunk_frames, timesteps=tuple(self.timesteps),
@@ -96,8 +103,8 @@ class DistillConfig:
 
 #: recipe defaults by model size (the node's "0 = auto"): the tiny world's student distils in minutes on a
 #: CPU; a Wan 2.1 model gets the 21-frame window it was trained with and subsampled features
-_SMALL = dict(rollouts=16, heldout=4, rollout_frames=36, steps=300, rescore_steps=300, hidden=32)
-_WAN = dict(rollouts=64, heldout=8, rollout_frames=21, steps=1000, rescore_steps=1000, hidden=32,
+_SMALL = dict(rollouts=48, heldout=4, rollout_frames=72, steps=1200, rescore_steps=1200, hidden=32)
+_WAN = dict(rollouts=64, heldout=8, rollout_frames=21, steps=1000, rescore_steps=1000, hidden=32, target_steps=2,
             feature_tokens=4096)
 
 

@@ -57,6 +57,8 @@ class SSEConfig:
     #: newer tokens at its place (same patch position) already in the cache, so an older view that a
     #: newer one has replaced stops drawing credit from attention the newer view also receives
     supersede: bool = False
+    #: noisy sources: every query_stride-th query of a block scores the keys (a cheaper max over queries)
+    query_stride: int = 1
 
     def __post_init__(self):
         if self.block_frames < 1:
@@ -76,13 +78,15 @@ class SSEConfig:
                              f"{'(0, 1000]' if noisy else '[0, 1000)'}, got {self.timesteps}")
         if self.future_min_gap < 1:
             raise ValueError(f"future_min_gap must be >= 1, got {self.future_min_gap}")
+        if self.query_stride < 1:
+            raise ValueError(f"query_stride must be >= 1, got {self.query_stride}")
 
     def to_dict(self) -> dict:
         return {"block_frames": self.block_frames, "weights": list(self.weights),
                 "normalise": self.normalise, "layer_mode": self.layer_mode,
                 "layers": None if self.layers is None else list(self.layers), "source": self.source,
                 "timesteps": list(self.timesteps), "context_timestep": self.context_timestep,
-                "future_min_gap": self.future_min_gap, "supersede": self.supersede}
+                "future_min_gap": self.future_min_gap, "supersede": self.supersede, "query_stride": self.query_stride}
 
 
 def token_blocks(frames: int, tokens_per_frame: int, block_frames: int, device=None) -> torch.Tensor:
@@ -275,7 +279,7 @@ def attention_use(runner, latents: torch.Tensor, context: torch.Tensor, cfg: SSE
             def observe(layer, q, keys):
                 # student: keys = the blocks before, then the block itself; teacher: every token,
                 # the block's own ones noisy. Either way key i is token i.
-                got = key_use(q, keys, cfg.max_tile_bytes)
+                got = key_use(q[:, ::cfg.query_stride], keys, cfg.max_tile_bytes)
                 use[layer, :, :, :got.shape[-1], block] += got / steps
             return observe
 
