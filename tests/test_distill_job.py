@@ -133,7 +133,7 @@ def test_the_node_recipe_defaults_by_model_size_and_keeps_what_the_user_set(runn
     (dict(contexts=[]), r"^the prompt list is empty: connect at least one prompt to the PaFu Prompt List$"),
     (dict(contexts=prompts(1) + prompts(1, width=768)), r"^the prompts have mixed text widths \(768, 4096\)"),
     (dict(contexts=prompts(1, width=768)), r"^the prompts must be \[1, tokens, 4096\] for this model, got"),
-    (dict(budget=0.05), r"holds 1.8 latent frames, less than one 3-frame chunk: raise the budget or clip_frames$"),
+    (dict(budget=0.03), r"holds 2.16 latent frames, less than one 3-frame chunk: raise the budget or clip_frames$"),
     (dict(budget=0.0), r"^budget must be a fraction of the clip in \(0, 1\]"),
 ])
 def test_bad_node_inputs_are_one_sentence_before_any_work(runner, change, message):

@@ -38,7 +38,7 @@ def checkpoint_step(cfg: DistillConfig) -> int:
 
 
 #: ``on_step(done, total, recent_loss)`` after every training step: progress, and the caller's chance to
-#: stop the run between steps (raise; the checkpoint keeps what was done every ``cfg.ckpt_every`` steps)
+#: stop the run between steps (raise: with a checkpoint folder, the step it stopped at is saved first)
 StepCallback = Callable[[int, int, "torch.Tensor"], None]
 
 
