@@ -8,7 +8,7 @@ from . import paths
 from .ar_loader import PaFuARCheckpointLoader
 from .cache_budget import PaFuKVCacheBudget
 from .cache_patch import PaFuKVCachePatch
-from .distill import PaFuDistillSalienceHead, PaFuPromptList
+from .make_head import PaFuDistillSalienceHead, PaFuPromptList
 from .head_loader import PaFuSalienceHeadLoader
 from .report import PaFuCacheReport
 from .sampler import PaFuARChunkSampler

@@ -206,7 +206,8 @@ spec.loader.exec_module(module)
 ext = asyncio.run(module.comfy_entrypoint())
 nodes = asyncio.run(ext.get_node_list())
 research = ("distill", "teacher", "demo", "evaluate", "oracles", "train", "metrics", "charts", "clips", "video")
-loaded = [m for m in sys.modules if m.startswith("pafu_lab") or (m.startswith("pack.") and m.rpartition(".")[2] in research)]
+loaded = [m for m in sys.modules if m.startswith(("pafu_lab", "pack.pafu_core.distill")) or
+          (m.startswith("pack.") and m.rpartition(".")[2] in research)]     # the shipped distillation: lazily
 print(len(nodes), "nodes;", "research loaded:", loaded)
 sys.exit(1 if loaded or not nodes else 0)
 """
