@@ -89,7 +89,9 @@ class PaFuDistillSalienceHead(io.ComfyNode):
                              tooltip="Training steps per stage (0: 1200 for a tiny model, 1000 for Wan)."),
                 io.Int.Input("chunk_frames", default=3, min=1, max=64, tooltip="Latent frames per chunk."),
                 io.String.Input("timesteps", default="1000,750,500,250", tooltip="Denoising timesteps per chunk."),
-                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, tooltip="Seeds the rollouts and training."),
+                # no randomize-after-queue: the same seed is what lets a re-queue find its run and resume
+                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, control_after_generate=False,
+                             tooltip="Seeds the rollouts and training (keep it to resume a cancelled run)."),
             ],
             outputs=[PafuHead.Output("head", display_name="head"),
                      io.Image.Output("fidelity", display_name="fidelity",

@@ -20,7 +20,9 @@ REQUIRED = ["__init__.py", "pyproject.toml", "requirements.txt", "README.md", "L
             "pafu_core/world/assets/diffusion_models/pafu_tiny_world_student.safetensors",
             "pafu_core/world/assets/heads/pafu_tiny_world.safetensors",
             "workflows/pafu_tiny_world_long_video.json", "workflows/pafu_tiny_world_long_video.jpg",
-            "workflows/pafu_tiny_world_core_ar.json", "workflows/pafu_tiny_world_core_ar.jpg"]
+            "workflows/pafu_tiny_world_core_ar.json", "workflows/pafu_tiny_world_core_ar.jpg",
+            "workflows/pafu_tiny_world_distill.json", "workflows/pafu_tiny_world_distill.jpg",
+            "pafu_core/distill/job.py", "nodes/make_head.py"]
 FORBIDDEN_PREFIXES = ("tests/", "benchmarks/", "tools/", ".ci/", "runs/", "artifacts/", "pafu_lab/")
 
 

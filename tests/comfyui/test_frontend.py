@@ -100,14 +100,19 @@ def test_workflow_loads_cleanly(page, path):
     ci_line(f"workflow {os.path.basename(path)}: loaded in the frontend without alerts in {time.time() - t0:.1f} s")
 
 
-def queue_from_frontend(page, comfy, timeout: float = 1200) -> dict:
-    """Press Run the way the button does, then wait for this prompt's history entry."""
+def start_from_frontend(page) -> str:
+    """Press Run the way the button does; returns the prompt id once it starts executing."""
     page.evaluate("""() => { window.__pafuPromptId = null;
         window.comfyAPI.api.api.addEventListener('execution_start',
             (e) => { window.__pafuPromptId = e.detail.prompt_id; }, { once: true }); }""")
     page.evaluate("async () => { await app.queuePrompt(0, 1); }")
     page.wait_for_function("window.__pafuPromptId !== null", timeout=120_000)
-    return comfy.wait_history(page.evaluate("window.__pafuPromptId"), timeout)
+    return page.evaluate("window.__pafuPromptId")
+
+
+def queue_from_frontend(page, comfy, timeout: float = 1200) -> dict:
+    """Press Run the way the button does, then wait for this prompt's history entry."""
+    return comfy.wait_history(start_from_frontend(page), timeout)
 
 
 def output_files(entry: dict, output_dir: str, node_type_prefix: str) -> list[str]:
@@ -254,6 +259,53 @@ def test_comparison_workflow_policies_part_where_the_budget_first_binds(page, co
             + ", ".join(f"{k} {v:.3f}" for k, v in score.items()))
     frame = Image.fromarray(video[18 * 9]).resize((video.shape[2] // 2, video.shape[1] // 2), Image.NEAREST)
     frame.convert("RGB").save(os.path.join(artifacts, "pafu_tiny_world_policy_comparison.jpg"), quality=90)
+
+
+def test_distill_workflow_makes_a_head_resumes_after_a_cancel_and_the_sampler_uses_it(fresh_page, comfy, output_dir,
+                                                                                     heads_dir, artifacts):
+    """The zero-download distillation template from the frontend, with the node's default recipe: Run, cancel
+    from the frontend once the node reports training, Run again: it resumes at the step it stopped at, writes
+    the head and its card, leaves no work folder, the head loader lists the head without a restart, and the
+    sampler runs with it. The template's thumbnail is this run's fidelity chart."""
+    page = fresh_page
+    path = next(w for w in TINY if "distill" in w)
+    load_alone(page, path)
+    head = next(n for n in json.load(open(path))["nodes"] if n["type"] == "PaFuDistillSalienceHead")
+    name = head["widgets_values"][1]
+    work = os.path.join(comfy.base, "user", "pafu_distill")
+    page.evaluate("""() => { window.__pafuTexts = [];
+        window.comfyAPI.api.api.addEventListener('progress_text', (e) => window.__pafuTexts.push(e.detail.text)); }""")
+    t0 = time.time()
+    prompt_id = start_from_frontend(page)
+    page.wait_for_function("window.__pafuTexts.some((t) => /^training [1-9]/.test(t))", timeout=600_000)
+    page.evaluate("(id) => window.comfyAPI.api.api.interrupt(id)", prompt_id)       # the frontend's cancel
+    entry = comfy.wait_history(prompt_id)
+    assert "execution_interrupted" in [kind for kind, _ in entry["status"]["messages"]], entry["status"]
+    (state,) = glob.glob(os.path.join(work, "*", "distill_state.pt"))
+    assert not [f for f in os.listdir(os.path.dirname(state)) if f.endswith(".tmp")]
+    stopped_at = int(torch.load(state, map_location="cpu", weights_only=True)["step"])
+    assert stopped_at > 0 and not os.path.exists(os.path.join(heads_dir, f"{name}.safetensors"))
+
+    entry = queue_from_frontend(page, comfy)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    distill_id = page.evaluate("() => String(app.graph._nodes.find((n) => n.type === 'PaFuDistillSalienceHead').id)")
+    summary = "\n".join(entry["outputs"][distill_id]["text"])
+    assert f"training from {stopped_at}" in summary, summary
+    assert sorted(f for f in os.listdir(heads_dir) if f.startswith(name)) == [f"{name}.md", f"{name}.safetensors"]
+    assert not os.listdir(work), os.listdir(work)
+    listed = page.evaluate("""async () => { await app.refreshComboInNodes();
+        const n = LiteGraph.createNode('PaFuSalienceHeadLoader');
+        return n.widgets.find((w) => w.name === 'head_name').options.values; }""")
+    assert f"{name}.safetensors" in listed, listed
+    video = read_webp(output_files(entry, output_dir, "pafu_tiny_distill_0")[0])
+    assert video.shape[0] == 360, video.shape
+    (chart,) = output_files(entry, output_dir, "pafu_tiny_distill_fidelity")
+    ci_line(f"workflow {os.path.basename(path)}: run from the frontend, cancelled at training step {stopped_at}, "
+            f"resumed there, head + card written, listed, sampler ran 360 frames in {time.time() - t0:.0f} s; "
+            + summary.splitlines()[1])
+    thumb = Image.open(chart).convert("RGB")
+    thumb.thumbnail((512, 512))
+    thumb.save(os.path.join(artifacts, "pafu_tiny_world_distill.jpg"), quality=90)
 
 
 TEMPLATE_NAMES = {"causal_forcing-framewise.safetensors", "umt5_xxl_fp8_e4m3fn_scaled.safetensors",
