@@ -23,7 +23,7 @@ from .ar_loader import CAUSAL_AR_FILE
 from .sampler import flow_shift, wan_runner
 from .types import PafuHead
 
-PafuPrompts = io.Custom("PAFU_PROMPTS")      # list of [1, L, D] text encodings
+PafuPrompts = io.Custom("PAFU_PROMPTS")      # list of {"context": [1, L, D], "videos": [N, C, F, H, W] or None}
 PROMPT_SLOTS = 8
 NEEDS_CAUSAL_AR = ("the PaFu Distill Salience Head needs a causal-AR Wan 2.1 model (CausalWanModel from UNETLoader "
                    "on ComfyUI 0.27+, the PaFu AR Checkpoint Loader, or the PaFu Tiny World Model); this MODEL is {}: "
@@ -48,18 +48,29 @@ class PaFuPromptList(io.ComfyNode):
             node_id="PaFuPromptList",
             display_name="PaFu Prompt List",
             category="PaFu-KV/distill",
-            description="Several prompts (CLIP Text Encode outputs) as one list, for distilling a salience head. "
-                        "The last quarter of the list is held out to judge the head.",
+            description="Several prompts (CLIP Text Encode outputs) as one list, for distilling a salience head, "
+                        "each with real videos of it if you have them (VAE Encode): the model then watches those "
+                        "videos instead of rolling the prompt out, which makes a better head. The last quarter of the "
+                        "list is held out to judge the head.",
             inputs=[io.Conditioning.Input("prompt_1", tooltip="A text encoding (CLIP Text Encode).")] +
                    [io.Conditioning.Input(f"prompt_{i}", optional=True, tooltip="Another text encoding (optional).")
-                    for i in range(2, PROMPT_SLOTS + 1)],
+                    for i in range(2, PROMPT_SLOTS + 1)] +
+                   [io.Latent.Input(f"videos_{i}", optional=True,
+                                    tooltip=f"Video latents of prompt {i} (optional; a batch, one clip each).")
+                    for i in range(1, PROMPT_SLOTS + 1)],
             outputs=[PafuPrompts.Output("prompts", display_name="prompts")],
         )
 
     @classmethod
-    def execute(cls, **prompts) -> io.NodeOutput:
-        ordered = [prompts[f"prompt_{i}"] for i in range(1, PROMPT_SLOTS + 1) if prompts.get(f"prompt_{i}")]
-        return io.NodeOutput([cond[0][0][:1].float().cpu() for cond in ordered])
+    def execute(cls, **inputs) -> io.NodeOutput:
+        slots = [i for i in range(1, PROMPT_SLOTS + 1) if inputs.get(f"prompt_{i}")]
+        stray = [i for i in range(1, PROMPT_SLOTS + 1) if inputs.get(f"videos_{i}") and i not in slots]
+        if stray:
+            raise ValueError(f"videos_{stray[0]} is connected but prompt_{stray[0]} is not: connect the prompt the "
+                             "videos show")
+        videos = [inputs.get(f"videos_{i}") for i in slots]
+        return io.NodeOutput([{"context": inputs[f"prompt_{i}"][0][0][:1].float().cpu(),
+                               "videos": v["samples"].float().cpu() if v else None} for i, v in zip(slots, videos)])
 
 
 class PaFuDistillSalienceHead(io.ComfyNode):
@@ -111,23 +122,34 @@ class PaFuDistillSalienceHead(io.ComfyNode):
             model_fingerprint,
         )
         from ..pafu_core.distill.recipe import node_recipe
+        from ..pafu_core.distill.videos import check_videos, watched_counts
         from ..pafu_core.plots import render_fidelity
 
         model_file = causal_ar_file(model)
         stem = head_stem(name)
         runner = wan_runner(model)
         device = model.load_device
-        cfg = node_recipe(dim=runner.dim, text_dim=runner.text_dim, contexts=prompts,
-                          latent_size=tuple(latent["samples"].shape[-2:]), budget=budget, rollouts=rollouts,
-                          clip_frames=clip_frames, steps=steps, chunk_frames=chunk_frames,
-                          timesteps=parse_timesteps(timesteps), shift=flow_shift(model), seed=seed,
-                          device=str(device), dtype=str(runner.dtype).removeprefix("torch."))
+        contexts = [p["context"] for p in prompts]
+        process = model.model.process_latent_in                # stored -> model space, as the sampler's watch
+        videos = [process(p["videos"]) if p["videos"] is not None else None for p in prompts]
+        size = tuple(latent["samples"].shape[-2:])
+        recipe = dict(dim=runner.dim, text_dim=runner.text_dim, contexts=contexts, latent_size=size, budget=budget,
+                      rollouts=rollouts, clip_frames=clip_frames, steps=steps, chunk_frames=chunk_frames,
+                      timesteps=parse_timesteps(timesteps), shift=flow_shift(model), seed=seed, device=str(device),
+                      dtype=str(runner.dtype).removeprefix("torch."))
+        cfg = node_recipe(**recipe)
+        check_videos(videos, cfg.rollout_frames, size, runner.in_dim)
+        if videos and all(v is not None for v in videos):
+            cfg = node_recipe(**recipe, watched=watched_counts(videos))
+        else:
+            videos = None
         node_id = cls.hidden.unique_id if cls.hidden is not None else None
         comfy.model_management.load_models_gpu([model])
         if torch.device(device).type == "cuda":
             check_gpu_memory(runner, cfg, torch.cuda.mem_get_info(device)[0])
-        job = DistillJob(runner, prompts, cfg, os.path.join(folder_paths.get_user_directory(), "pafu_distill"),
-                         progress=StageProgress(node_id), interrupt=comfy.model_management.throw_exception_if_processing_interrupted)
+        job = DistillJob(runner, contexts, cfg, os.path.join(folder_paths.get_user_directory(), "pafu_distill"),
+                         progress=StageProgress(node_id), interrupt=comfy.model_management.throw_exception_if_processing_interrupted,
+                         videos=videos)
         tick = time.perf_counter()
         try:
             outcome = job.run()

@@ -121,9 +121,14 @@ def test_the_node_recipe_defaults_by_model_size_and_keeps_what_the_user_set(runn
     from pafu_core.distill.recipe import node_recipe
     tiny = node_recipe_for(runner)
     assert (tiny.rollouts, tiny.rollout_frames, tiny.steps, tiny.feature_tokens) == (48, 72, 1200, 0)
-    assert tiny.targets == "future_student" and tiny.rescore and tiny.age_form == "monotone"
+    assert tiny.targets == "future_student" and tiny.rescore and (tiny.age_form, tiny.recency) == ("input", 0.0)
     wan = node_recipe(dim=1536, text_dim=4096, contexts=prompts(), latent_size=(60, 104), budget=0.25)
-    assert (wan.rollouts, wan.rollout_frames, wan.feature_tokens) == (64, 21, 4096)
+    assert (wan.rollouts, wan.rollout_frames, wan.feature_tokens, wan.age_form) == (64, 21, 4096, "monotone")
+    watching = node_recipe_for(runner, watched=(56, 14))          # every video one clip; tiny: recency 0.05
+    assert (watching.rollouts, watching.heldout, watching.recency) == (56, 14, 0.05)
+    wan_watching = node_recipe(dim=1536, text_dim=4096, contexts=prompts(), latent_size=(60, 104), budget=0.25,
+                               watched=(40, 8))
+    assert (wan_watching.rollouts, wan_watching.heldout, wan_watching.recency) == (40, 8, 0.0)
     mine = node_recipe_for(runner, rollouts=6, clip_frames=12, steps=20, seed=3)
     assert (mine.rollouts, mine.heldout, mine.rollout_frames, mine.steps, mine.rescore_steps, mine.seed) == \
         (6, 1, 12, 20, 20, 3)
@@ -135,6 +140,9 @@ def test_the_node_recipe_defaults_by_model_size_and_keeps_what_the_user_set(runn
     (dict(contexts=prompts(1, width=768)), r"^the prompts must be \[1, tokens, 4096\] for this model, got"),
     (dict(budget=0.03), r"holds 2.16 latent frames, less than one 3-frame chunk: raise the budget or clip_frames$"),
     (dict(budget=0.0), r"^budget must be a fraction of the clip in \(0, 1\]"),
+    (dict(watched=(8, 2), rollouts=5), r"^set rollouts to 0 when the prompts carry videos: each of the 8 videos is "
+                                       r"one clip$"),
+    (dict(watched=(2, 2)), r"^the videos make 2 clips and 2 of them are held out .*: give more videos$"),
 ])
 def test_bad_node_inputs_are_one_sentence_before_any_work(runner, change, message):
     with pytest.raises(ValueError, match=message):
@@ -169,3 +177,54 @@ def test_a_finished_run_leaves_a_loadable_head_and_its_card_and_no_work_folder(r
         assert needle in card, needle
     text = summary_text(outcome, head_path)
     assert text.startswith(f"wrote {head_path}") and "resumed" not in text
+
+
+# ---- watching videos instead of rolling out -----------------------------------------------------------
+
+def videos(n=2, frames=14, seed=0):
+    return torch.randn(n, 16, frames, 4, 4, generator=torch.Generator().manual_seed(seed))
+
+
+def test_watched_clips_are_the_videos_held_out_prompts_first():
+    from pafu_core.distill.videos import watched_clips, watched_counts
+    ctx, vids = prompts(4), [videos(2, seed=i) for i in range(4)]
+    clips, held = watched_clips(ctx, vids, frames=12)
+    assert (len(clips), held) == (8, 2) == watched_counts(vids)              # the last quarter: prompt 4's two
+    assert torch.equal(clips[0].latents[0], vids[3][0, :, :12]) and torch.equal(clips[0].context, ctx[3])
+    assert torch.equal(clips[2].latents[0], vids[0][0, :, :12]) and torch.equal(clips[2].context, ctx[0])
+    one, held_one = watched_clips(prompts(1), [videos(8)], frames=12)         # one prompt: a quarter of its videos
+    assert (len(one), held_one) == (8, 2)
+
+
+@pytest.mark.parametrize("given, message", [
+    ([videos(), None], r"^prompts 2 have no videos while others do: give every prompt its videos, or none"),
+    ([videos()[:, :8]], r"^the videos of prompt 1 are latents of shape \(2, 8, 14, 4, 4\); the model needs "
+                        r"\[N, 16, F, 4, 4\]"),
+    ([torch.randn(2, 16, 14, 4, 6)], r"^the videos of prompt 1 are latents of shape"),
+    ([videos(frames=9)], r"^the videos of prompt 1 have 9 latent frames, fewer than the 12-frame clips: lower "
+                         r"clip_frames or give longer videos$"),
+])
+def test_videos_the_run_cannot_watch_are_one_sentence(given, message):
+    from pafu_core.distill.videos import check_videos
+    with pytest.raises(ValueError, match=message):
+        check_videos(given, frames=12, latent_size=(4, 4), channels=16)
+
+
+def test_a_watched_job_learns_from_the_videos_and_its_key_follows_them(runner, tmp_path):
+    from pafu_core.distill.videos import watched_counts
+    vids = [videos(2, seed=1), videos(2, seed=2)]
+    clips, held = watched_counts(vids)
+    cfg = DistillConfig(**{**RECIPE.__dict__, "rollouts": clips, "heldout": held})
+    job = DistillJob(runner, prompts(), cfg, str(tmp_path), videos=vids)
+    assert [c.latents.shape for c in job.rollouts()] == [(1, 16, 12, 4, 4)] * 4
+    assert torch.equal(job.rollouts()[0].latents[0], vids[1][0, :, :12])      # the held-out prompt's video first
+    assert not [f for f in os.listdir(job.dir) if f.startswith("clip_")] if os.path.exists(job.dir) else True
+    outcome = job.run()
+    assert outcome.resumed_from["rollouts"] == 0 and outcome.metrics["pafu_head"]["spearman"] == \
+        outcome.metrics["pafu_head"]["spearman"]                            # computed (not NaN)
+    assert not [f for f in os.listdir(job.dir) if f.startswith("clip_")]   # nothing generated, nothing saved
+    other = DistillJob(runner, prompts(), cfg, str(tmp_path), videos=[videos(2, seed=1), videos(2, seed=3)])
+    assert other.key != job.key != DistillJob(runner, prompts(), RECIPE, str(tmp_path)).key
+    with pytest.raises(ValueError, match=r"the recipe counts 3 clips \(1 held out\) and the videos make 4 \(2 held "
+                                         r"out\): build it with node_recipe\(watched=...\)$"):
+        DistillJob(runner, prompts(), RECIPE, str(tmp_path), videos=vids)

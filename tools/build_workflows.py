@@ -159,53 +159,58 @@ def tiny_comparison():
 
 DISTILLED_HEAD = "pafu_tiny_world_distilled"
 DISTILL_STYLES = ("blue", "red", "green", "violet")     # the last quarter (violet) is held out to judge the head
+DISTILL_VIDEOS = 14                                     # world videos per prompt the model watches (72 frames each)
 
 
 def tiny_distill():
-    """Make a head in the graph: the tiny world's model rolls out four prompts, PaFu Distill Salience Head
-    distils a head from those rollouts, the sampler uses that head at once, the report says how good it is."""
+    """Make a head in the graph: the tiny world's model watches 14 videos of each of four prompts, PaFu Distill
+    Salience Head distils a head from what it attended to, the sampler uses that head at once, the report
+    says how good it is."""
     nodes = [{"key": "model", "type": "PaFuTinyWorldModel", "pos": [0, 0]},
              {"key": "shift", "type": "ModelSamplingSD3", "pos": [0, 110], "widgets": {"shift": 5.0}}]
     links = [("model", "model", "shift", "model")]
     for i, style in enumerate(DISTILL_STYLES):
         nodes.append({"key": f"scene_{i}", "type": "PaFuTinyWorldScene", "pos": [0, 230 + 190 * i],
-                      "widgets": {"style": style, "latent_frames": TINY_FRAMES if i == 0 else 36, "batch_size": 1,
-                                  "world_seed": 0}})
+                      "widgets": {"style": style, "latent_frames": 72, "batch_size": DISTILL_VIDEOS,
+                                  "world_seed": 700 + 100 * i}})
     nodes += [
         {"key": "list", "type": "PaFuPromptList", "pos": [400, 230]},
         # the head serves 9 latent frames: 12.5% of its 72-frame clips, the sampler's 25% of 36 frames
-        {"key": "distill", "type": "PaFuDistillSalienceHead", "pos": [400, 520],
+        {"key": "distill", "type": "PaFuDistillSalienceHead", "pos": [400, 700],
          "widgets": {"budget": 0.125, "name": DISTILLED_HEAD, "rollouts": 0, "clip_frames": 0, "steps": 0,
                      "chunk_frames": 3, "timesteps": "1000,750,500,250", "seed": 0}},
-        {"key": "fidelity", "type": "SaveImage", "pos": [800, 520], "size": [420, 360],
+        {"key": "fidelity", "type": "SaveImage", "pos": [800, 700], "size": [420, 360],
          "widgets": {"filename_prefix": "pafu_tiny_distill_fidelity"}},
-        {"key": "summary", "type": "PreviewAny", "pos": [800, 920], "size": [420, 240]},
-        budget("budget", 400, 930, "pafu"),
+        {"key": "summary", "type": "PreviewAny", "pos": [800, 1100], "size": [420, 240]},
+        {"key": "watch", "type": "PaFuTinyWorldScene", "pos": [1300, 420],
+         "widgets": {"style": "blue", "latent_frames": TINY_FRAMES, "batch_size": 1, "world_seed": 0}},
+        budget("budget", 1300, 640, "pafu"),
         sampler("sampler", 1300, 0, "budget"),
         {"key": "decode", "type": "PaFuTinyWorldDecode", "pos": [1680, 0], "widgets": {"scale": 8}},
         webp("save", 1980, 0, "pafu_tiny_distill"),
-        {"key": "note", "type": "MarkdownNote", "pos": [1300, 420], "size": [480, 300],
-         "text": "**Make a head for your model, in the graph** (no download): the tiny world's model rolls out "
-                 "the four prompts of PaFu Prompt List; **PaFu Distill Salience Head** distils a salience head from "
-                 "those rollouts (rollouts -> targets -> training -> evaluation, about a minute on a CPU; the "
-                 "node shows the stage and the time left), writes `models/pafu_heads/"
-                 f"{DISTILLED_HEAD}.safetensors` and its model card `{DISTILLED_HEAD}.md`, and hands the head to "
-                 "the sampler here. Its report: the chart of per-frame fidelity to keep-all on the held-out "
-                 "prompt (violet) for the new head, standout, Deep Forcing and FIFO at the same budget, and the "
-                 "summary (held-out Spearman and top-k recall). Cancel it and queue again: it resumes where it "
-                 "stopped. For Wan: the same nodes on your causal-AR Wan model, CLIP Text Encode prompts and "
-                 "an empty video latent of the size you generate."},
+        {"key": "note", "type": "MarkdownNote", "pos": [1680, 420], "size": [480, 340],
+         "text": "**Make a head for your model, in the graph** (no download): the tiny world's model watches "
+                 f"{DISTILL_VIDEOS} videos of each of the four prompts of PaFu Prompt List (its videos inputs); "
+                 "**PaFu Distill Salience Head** distils a salience head from what later chunks attended to "
+                 "(targets -> training -> evaluation, about a minute on a CPU; the node shows the stage and "
+                 f"the time left), writes `models/pafu_heads/{DISTILLED_HEAD}.safetensors` and its model card "
+                 f"`{DISTILLED_HEAD}.md`, and hands the head to the sampler here. Its report: per-frame "
+                 "fidelity to keep-all on the held-out prompt (violet) for the new head, standout, Deep Forcing "
+                 "and FIFO at the same budget, and the summary (held-out Spearman and top-k recall). Cancel it "
+                 "and queue again: it resumes where it stopped.\n\nFor Wan: your causal-AR Wan model, CLIP Text "
+                 "Encode prompts with VAE Encode videos of them (without videos the model rolls the prompts out "
+                 "itself: a weaker head), and an empty video latent of the size you generate."},
     ]
     links += [(f"scene_{i}", "positive", "list", f"prompt_{i + 1}") for i in range(len(DISTILL_STYLES))]
+    links += [(f"scene_{i}", "world", "list", f"videos_{i + 1}") for i in range(len(DISTILL_STYLES))]
     links += [("shift", "MODEL", "distill", "model"), ("list", "prompts", "distill", "prompts"),
               ("scene_0", "latent", "distill", "latent"), ("distill", "fidelity", "fidelity", "images"),
               ("distill", "summary", "summary", "source"),
-              ("shift", "MODEL", "sampler", "model"), ("scene_0", "positive", "sampler", "positive"),
-              ("scene_0", "latent", "sampler", "latent"), ("scene_0", "world", "sampler", "watch"),
+              ("shift", "MODEL", "sampler", "model"), ("watch", "positive", "sampler", "positive"),
+              ("watch", "latent", "sampler", "latent"), ("watch", "world", "sampler", "watch"),
               ("budget", "cache", "sampler", "cache"), ("distill", "head", "sampler", "head"),
               ("sampler", "latent", "decode", "latent"), ("decode", "frames", "save", "images")]
     return nodes, links
-
 
 def core_ar(nodes, links, model_key, model_out, positive, latent, block, x, y, negative=None, seed=7):
     """Core's own AR graph: RandomNoise, BasicScheduler (simple, 4 steps), SamplerARVideo, guider, SCA."""

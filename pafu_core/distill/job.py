@@ -25,6 +25,7 @@ from .ranking import head_lists, ranking_metrics, scorer_lists
 from .recipe import DistillConfig
 from .rollouts import Clip, rollout_clip, rollout_seed
 from .training import checkpoint_step, train
+from .videos import held_out_prompts, watched_clips
 
 STAGES = ("rollouts", "targets", "training", "evaluation")
 #: ``progress(stage, done, total, seconds_left_in_stage)``; ``interrupt()`` raises to stop between steps
@@ -48,11 +49,13 @@ def model_fingerprint(module: torch.nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
-def job_key(fingerprint: str, contexts: Sequence[torch.Tensor], cfg: DistillConfig) -> str:
-    """The run's identity: the model, the prompts and every recipe field that changes the result."""
+def job_key(fingerprint: str, contexts: Sequence[torch.Tensor], cfg: DistillConfig,
+            videos: Sequence[torch.Tensor] | None = None) -> str:
+    """The run's identity: the model, the prompts (and the videos they carry) and every recipe field that
+    changes the result."""
     recipe = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _RUN_ONLY}
     digest = hashlib.sha256(fingerprint.encode() + json.dumps(recipe, sort_keys=True, default=str).encode())
-    for c in contexts:
+    for c in [*contexts, *(videos or ())]:
         digest.update(str(tuple(c.shape)).encode() + c.detach().float().cpu().numpy().tobytes())
     return digest.hexdigest()[:16]
 
@@ -61,9 +64,9 @@ def split_prompts(contexts: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor],
     """(training prompts, held-out prompts): the last quarter (at least one) is held out when there are two or
     more; a single prompt serves both (held-out rollouts then differ by their noise only)."""
     contexts = list(contexts)
-    if len(contexts) < 2:
+    held = held_out_prompts(len(contexts))
+    if not held:
         return contexts, contexts
-    held = max(1, len(contexts) // 4)
     return contexts[:-held], contexts[-held:]
 
 
@@ -101,19 +104,29 @@ class DistillOutcome:
 
 
 class DistillJob:
-    """Rollouts, targets, training and evaluation of one head, each resumable from ``work_root/<key>``."""
+    """Rollouts, targets, training and evaluation of one head, each resumable from ``work_root/<key>``.
+
+    ``videos`` (optional, per prompt [N_p, C, F, H, W] latents): the model watches these instead of rolling
+    the prompts out; ``cfg.rollouts`` and ``cfg.heldout`` must count them (``node_recipe(watched=...)``)."""
 
     def __init__(self, student: WanChunkRunner, contexts: Sequence[torch.Tensor], cfg: DistillConfig,
-                 work_root: str, progress: Progress | None = None, interrupt: Callable[[], None] | None = None):
+                 work_root: str, progress: Progress | None = None, interrupt: Callable[[], None] | None = None,
+                 videos: Sequence[torch.Tensor] | None = None):
         if cfg.rollouts <= cfg.heldout:
             raise ValueError(f"rollouts ({cfg.rollouts}) must exceed heldout ({cfg.heldout})")
         blocks = -(-cfg.rollout_frames // cfg.chunk_frames)
         if cfg.rescore and not commit_blocks(blocks, cfg.rollout_frames, cfg):
             raise ValueError(f"{cfg.rollout_frames}-frame clips of {cfg.chunk_frames}-frame chunks are too short to "
                              f"train re-scoring (a commit needs a third of the clip after it): raise rollout_frames")
+        self.watched: list[Clip] | None = None
+        if videos is not None:
+            self.watched, held = watched_clips(contexts, videos, cfg.rollout_frames)
+            if (len(self.watched), held) != (cfg.rollouts, cfg.heldout):
+                raise ValueError(f"the recipe counts {cfg.rollouts} clips ({cfg.heldout} held out) and the videos "
+                                 f"make {len(self.watched)} ({held} held out): build it with node_recipe(watched=...)")
         self.student = student
         self.train_prompts, self.heldout_prompts = split_prompts(contexts)
-        self.key = job_key(model_fingerprint(student.model), contexts, cfg)
+        self.key = job_key(model_fingerprint(student.model), contexts, cfg, videos)
         self.dir = os.path.join(work_root, self.key)
         self.cfg = dataclasses.replace(cfg, ckpt_dir=self.dir, resume=True)     # training's checkpoint lives here
         self.progress, self.interrupt = progress, interrupt
@@ -164,6 +177,13 @@ class DistillJob:
         return pool[i % len(pool)]
 
     def rollouts(self) -> list[Clip]:
+        """The clips: the watched videos as given, or the model's rollouts (each saved as it is made)."""
+        if self.watched is not None:
+            self.begin("rollouts")
+            self.resumed_from["rollouts"] = 0
+            self.report("rollouts", len(self.watched), len(self.watched), len(self.watched))
+            return self.watched
+
         def make(i: int) -> dict:
             clip = rollout_clip(self.student, self.prompt_of(i), self.cfg, i)
             return {"latents": clip.latents, "seed": rollout_seed(self.cfg, i)}

@@ -102,10 +102,13 @@ class DistillConfig:
 
 
 #: recipe defaults by model size (the node's "0 = auto"): the tiny world's student distils in minutes on a
-#: CPU; a Wan 2.1 model gets the 21-frame window it was trained with and subsampled features
-_SMALL = dict(rollouts=48, heldout=4, rollout_frames=72, steps=1200, rescore_steps=1200, hidden=32)
+#: CPU; a Wan 2.1 model gets the 21-frame window it was trained with and subsampled features. The tiny
+#: model's age as a head input and, when it watches videos, the shipped head's recency 0.05 were measured on
+#: its tuning seed (docs/results.md); Wan keeps the monotone age, which extrapolates past the clip (unmeasured)
+_SMALL = dict(rollouts=48, heldout=4, rollout_frames=72, steps=1200, rescore_steps=1200, hidden=32, age_form="input")
+_SMALL_WATCHED_RECENCY = 0.05
 _WAN = dict(rollouts=64, heldout=8, rollout_frames=21, steps=1000, rescore_steps=1000, hidden=32, target_steps=2,
-            feature_tokens=4096)
+            feature_tokens=4096, age_form="monotone")
 
 
 def check_prompts(contexts, text_dim: int) -> None:
@@ -125,12 +128,23 @@ def check_prompts(contexts, text_dim: int) -> None:
 def node_recipe(*, dim: int, text_dim: int, contexts, latent_size: tuple[int, int], budget: float, rollouts: int = 0,
                 clip_frames: int = 0, steps: int = 0, chunk_frames: int = 3,
                 timesteps: tuple[float, ...] = (1000.0, 750.0, 500.0, 250.0), shift: float = 5.0, seed: int = 0,
-                device: str = "cpu", dtype: str = "float32") -> DistillConfig:
+                device: str = "cpu", dtype: str = "float32", watched: tuple[int, int] | None = None) -> DistillConfig:
     """The node's recipe: 0 means the default for the model's size; every input checked before any work.
 
-    ``budget`` is the fraction of the clip the head will serve at (its fidelity check runs there)."""
+    ``budget`` is the fraction of the clip the head will serve at (its fidelity check runs there);
+    ``watched`` = (clips, held out) when the prompts carry videos (``videos.watched_clips``): the clips are
+    those videos, so ``rollouts`` must stay 0."""
     check_prompts(contexts, text_dim)
-    base = dict(_SMALL if dim <= 512 else _WAN)
+    small = dim <= 512
+    base = dict(_SMALL if small else _WAN)
+    if watched is not None:
+        clips, held = watched
+        if rollouts:
+            raise ValueError(f"set rollouts to 0 when the prompts carry videos: each of the {clips} videos is one clip")
+        if clips <= held:
+            raise ValueError(f"the videos make {clips} clips and {held} of them are held out (the last quarter of the "
+                             "prompts' videos): give more videos")
+        base.update(rollouts=clips, heldout=held, recency=_SMALL_WATCHED_RECENCY if small else 0.0)
     frames = clip_frames or base["rollout_frames"]
     if not 0 < budget <= 1:
         raise ValueError(f"budget must be a fraction of the clip in (0, 1], got {budget}")
@@ -139,7 +153,7 @@ def node_recipe(*, dim: int, text_dim: int, contexts, latent_size: tuple[int, in
                          f"one {chunk_frames}-frame chunk: raise the budget or clip_frames")
     base.update(rollout_frames=frames, latent_size=tuple(latent_size), chunk_frames=chunk_frames,
                 timesteps=tuple(timesteps), shift=shift, seed=seed, device=device, dtype=dtype, eval_budget=budget,
-                targets="future_student", rescore=True, age_form="monotone", age_unit=float(frames))
+                targets="future_student", rescore=True, age_unit=float(frames))
     if rollouts:
         base["rollouts"] = rollouts
         base["heldout"] = min(base["heldout"], max(1, rollouts // 4))
