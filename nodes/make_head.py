@@ -80,12 +80,12 @@ class PaFuDistillSalienceHead(io.ComfyNode):
             node_id="PaFuDistillSalienceHead",
             display_name="PaFu Distill Salience Head",
             category="PaFu-KV/distill",
-            description="Distils a salience head for this MODEL from its own rollouts of the prompts (rollouts -> "
-                        "targets -> training -> evaluation), writes models/pafu_heads/<name>.safetensors and a "
+            description="Distils a salience head for this MODEL from the prompts' videos, or from its own rollouts of "
+                        "prompts without videos (clips -> targets -> training -> evaluation), writes models/pafu_heads/<name>.safetensors and a "
                         "model card <name>.md, and outputs the head. Cancel and queue again: it resumes.",
             inputs=[
                 io.Model.Input("model", tooltip="A causal-AR Wan 2.1 model (the one the head will serve)."),
-                PafuPrompts.Input("prompts", tooltip="PaFu Prompt List: the prompts to roll out."),
+                PafuPrompts.Input("prompts", tooltip="PaFu Prompt List: the prompts (with their videos, if given)."),
                 io.Latent.Input("latent", tooltip="A video latent of the size the head will serve (only its height "
                                                   "and width are read)."),
                 io.Float.Input("budget", default=0.25, min=0.01, max=1.0, step=0.01,
@@ -93,7 +93,7 @@ class PaFuDistillSalienceHead(io.ComfyNode):
                                        "evaluation compares policies there."),
                 io.String.Input("name", default="my_head", tooltip="File name in models/pafu_heads."),
                 io.Int.Input("rollouts", default=0, min=0, max=4096,
-                             tooltip="Clips rolled out (0: 48 for a tiny model, 64 for Wan)."),
+                             tooltip="Clips rolled out (0: 48 for a tiny model, 64 for Wan; keep 0 with videos: each is one clip)."),
                 io.Int.Input("clip_frames", default=0, min=0, max=256,
                              tooltip="Latent frames per clip (0: 72 for a tiny model, 21 for Wan)."),
                 io.Int.Input("steps", default=0, min=0, max=100000,
@@ -159,7 +159,7 @@ class PaFuDistillSalienceHead(io.ComfyNode):
         head_path, _ = publish(outcome, job, paths.heads_dir(), stem, model_file, model_fingerprint(runner.model),
                                time.perf_counter() - tick)
         chart = render_fidelity(outcome.metrics.get("psnr_per_frame", {}), cfg.eval_budget)
-        summary = summary_text(outcome, head_path)
+        summary = summary_text(outcome, job, head_path)
         return io.NodeOutput(outcome.head, torch.from_numpy(chart.copy()).float().div(255).unsqueeze(0), summary,
                              ui={"text": (summary,)})
 

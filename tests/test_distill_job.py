@@ -173,10 +173,11 @@ def test_a_finished_run_leaves_a_loadable_head_and_its_card_and_no_work_folder(r
     assert training["recipe"]["rollouts"] == 3 and "psnr_vs_keep_all" in training["eval"]
     card = open(card_path).read()
     for needle in ("student.safetensors", model_fingerprint(runner.model), "| rollouts | 3 |", "huggingface-cli upload",
-                   "| deep_forcing |", "Spearman"):
+                   "| deep_forcing |", "Spearman", "Clips: 3 of the model's own rollouts", "rollout_noise 0 * 7919"):
         assert needle in card, needle
-    text = summary_text(outcome, head_path)
+    text = summary_text(outcome, job, head_path)
     assert text.startswith(f"wrote {head_path}") and "resumed" not in text
+    assert "learned from 3 of the model's own rollouts" in text.splitlines()[0]
 
 
 # ---- watching videos instead of rolling out -----------------------------------------------------------
@@ -223,6 +224,10 @@ def test_a_watched_job_learns_from_the_videos_and_its_key_follows_them(runner, t
     assert outcome.resumed_from["rollouts"] == 0 and outcome.metrics["pafu_head"]["spearman"] == \
         outcome.metrics["pafu_head"]["spearman"]                            # computed (not NaN)
     assert not [f for f in os.listdir(job.dir) if f.startswith("clip_")]   # nothing generated, nothing saved
+    from pafu_core.distill.card import model_card, summary_text
+    card = model_card("watched", outcome, job, "student.safetensors", "f", 1.0)
+    assert "Clips: 4 watched videos of the prompts" in card and "rollout_noise" not in card
+    assert "learned from 4 watched videos" in summary_text(outcome, job, "h.safetensors")
     other = DistillJob(runner, prompts(), cfg, str(tmp_path), videos=[videos(2, seed=1), videos(2, seed=3)])
     assert other.key != job.key != DistillJob(runner, prompts(), RECIPE, str(tmp_path)).key
     with pytest.raises(ValueError, match=r"the recipe counts 3 clips \(1 held out\) and the videos make 4 \(2 held "

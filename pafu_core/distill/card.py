@@ -59,8 +59,17 @@ def publish(outcome: DistillOutcome, job: DistillJob, folder: str, name: str, mo
 
 def seeds(job: DistillJob) -> dict:
     seed = job.cfg.seed
-    return {"recipe": seed, "rollout_noise": f"{seed} * 7919 + i (i < {job.cfg.rollouts})",
-            "held_out": f"rollouts 0..{job.cfg.heldout - 1}", "fidelity_noise": "50000 + i per held-out prompt"}
+    drawn = {"recipe": seed}
+    if job.watched is None:
+        drawn["rollout_noise"] = f"{seed} * 7919 + i (i < {job.cfg.rollouts})"
+    return drawn | {"held_out": f"clips 0..{job.cfg.heldout - 1}", "fidelity_noise": "50000 + i per held-out prompt"}
+
+
+def clips_source(job: DistillJob) -> str:
+    """What the head learned from, in words: the prompts' watched videos or the model's own rollouts."""
+    n = job.cfg.rollouts
+    return (f"{n} watched videos of the prompts (PaFu Prompt List's videos)" if job.watched is not None
+            else f"{n} of the model's own rollouts of the prompts")
 
 
 def model_card(stem: str, outcome: DistillOutcome, job: DistillJob, model_file: str, fingerprint: str,
@@ -77,12 +86,12 @@ def model_card(stem: str, outcome: DistillOutcome, job: DistillJob, model_file: 
     for key in ("rollouts", "heldout", "rollout_frames", "latent_size", "chunk_frames", "timesteps", "targets",
                 "rescore", "age_form", "hidden", "steps", "rescore_steps", "lr", "eval_budget", "eval_frames"):
         lines.append(f"| {key} | {getattr(cfg, key)} |")
-    lines += ["", f"Prompts: {len(job.train_prompts)} for training, {len(job.heldout_prompts)} held out"
+    lines += ["", f"Clips: {clips_source(job)}.", "", f"Prompts: {len(job.train_prompts)} for training, {len(job.heldout_prompts)} held out"
               + (" (one prompt: held-out rollouts differ by their noise only)" if job.train_prompts is
                  job.heldout_prompts else "") + ".", "",
               "Seeds: " + "; ".join(f"{k} {v}" for k, v in seeds(job).items()) + ".", "",
               "## How good it is (held out)", "",
-              "Against its targets (the attention later chunks give each token), on the held-out rollouts:", "",
+              "Against its targets (the attention later chunks give each token), on the held-out clips:", "",
               "| scorer | Spearman | top-k recall |", "|---|---|---|"]
     for name in ("pafu_head", "key_norm"):
         lines.append(f"| {name} | {m[name]['spearman']:.3f} | {m[name]['topk_recall']:.3f} |")
@@ -102,10 +111,11 @@ def model_card(stem: str, outcome: DistillOutcome, job: DistillJob, model_file: 
     return "\n".join(lines)
 
 
-def summary_text(outcome: DistillOutcome, head_path: str) -> str:
-    """The node's few lines: where the head went, its held-out ranking and fidelity, what was resumed."""
+def summary_text(outcome: DistillOutcome, job: DistillJob, head_path: str) -> str:
+    """The node's few lines: where the head went, what it learned from, its held-out ranking and fidelity,
+    what was resumed."""
     m = outcome.metrics
-    lines = [f"wrote {head_path} (and its .md card)",
+    lines = [f"wrote {head_path} (and its .md card), learned from {clips_source(job)}",
              f"held-out Spearman {m['pafu_head']['spearman']:.3f} (key norm {m['key_norm']['spearman']:.3f}), "
              f"top-k recall {m['pafu_head']['topk_recall']:.3f}"]
     if "psnr_vs_keep_all" in m:

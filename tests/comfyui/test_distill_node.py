@@ -16,7 +16,8 @@ NAME = "ring_distilled"
 
 
 def distill_prompt(steps: int, rollouts: int = 6, clip_frames: int = 12, name: str = NAME, budget: float = 0.5,
-                   model_class: str = "PaFuTinyWorldModel") -> dict:
+                   model_class: str = "PaFuTinyWorldModel", watch: int = 0) -> dict:
+    """The tiny world's four styles as prompts; with ``watch``, each prompt also gets that many of its videos."""
     prompt = {
         "model": {"class_type": model_class, "inputs": {}},
         "shift": {"class_type": "ModelSamplingSD3", "inputs": {"model": ["model", 0], "shift": 5.0}},
@@ -36,8 +37,10 @@ def distill_prompt(steps: int, rollouts: int = 6, clip_frames: int = 12, name: s
     }
     for i, style in enumerate(("blue", "red", "green", "violet")):
         prompt[f"scene_{i}"] = {"class_type": "PaFuTinyWorldScene", "inputs": {
-            "style": style, "latent_frames": clip_frames, "batch_size": 1}}
+            "style": style, "latent_frames": clip_frames, "batch_size": max(1, watch), "world_seed": 700 + 100 * i}}
         prompt["list"]["inputs"][f"prompt_{i + 1}"] = [f"scene_{i}", 0]
+        if watch:
+            prompt["list"]["inputs"][f"videos_{i + 1}"] = [f"scene_{i}", 2]
     return prompt
 
 
@@ -98,6 +101,27 @@ def test_bad_distill_inputs_are_one_sentence_before_any_work(comfy):
         assert entry["status"]["status_str"] == "error"
         assert needle in error_message(entry), error_message(entry)
     assert not work_dirs(comfy)
+
+
+def test_a_head_learns_from_the_prompts_videos_and_mixed_lists_are_refused(comfy, heads_dir):
+    entry = comfy.run_prompt(distill_prompt(steps=20, rollouts=0, watch=2, name="ring_watched"))
+    assert entry["status"]["status_str"] == "success", error_message(entry) or entry["status"]
+    summary = summary_of(entry)
+    assert "learned from 8 watched videos of the prompts" in summary.splitlines()[0], summary
+    card = open(os.path.join(heads_dir, "ring_watched.md")).read()
+    assert "| rollouts | 8 |" in card and "| heldout | 2 |" in card, card
+    assert not work_dirs(comfy)
+    for change, needle in [
+        (lambda p: p["list"]["inputs"].pop("videos_3"), "prompts 3 have no videos while others do"),
+        (lambda p: p["distill"]["inputs"].update(rollouts=6), "set rollouts to 0 when the prompts carry videos"),
+        (lambda p: p["list"]["inputs"].pop("prompt_2"), "videos_2 is connected but prompt_2 is not"),
+    ]:
+        prompt = distill_prompt(steps=5, rollouts=0, watch=2, name="ring_refused")
+        change(prompt)
+        entry = comfy.run_prompt(prompt)
+        assert entry["status"]["status_str"] == "error"
+        assert needle in error_message(entry), error_message(entry)
+    assert not work_dirs(comfy) and not os.path.exists(os.path.join(heads_dir, "ring_refused.safetensors"))
 
 
 def test_a_model_that_is_not_causal_ar_wan_is_refused_before_any_work(pack):
