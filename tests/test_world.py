@@ -296,6 +296,34 @@ def test_world_oracle_keeps_every_groups_latest_appearance():
     assert kept == want and {f for f, _ in kept} & set(range(starts[1], starts[1] + 3))   # the older group too
 
 
+def test_openings_oracle_keeps_each_groups_latest_opening_whole_its_last_frame_first():
+    """It keeps the empty cells of an opening too (what the cell showed when that group last showed: nothing),
+    first the last frame of each group's latest opening off the decoy area, then the rest of those openings."""
+    from types import SimpleNamespace
+
+    from pafu_core.world.scenes import RECALL
+    from pafu_lab.world.oracles import OpeningsOracle
+    clip = render_clip(6, 80, cfg=RECALL)
+    vis = clip.visible
+    starts = (vis & ~torch.cat([torch.zeros(1, dtype=torch.bool), vis[:-1]])).nonzero().flatten().tolist()
+    now = starts[3] + 2                             # inside the fourth opening; frames up to starts[3] - 1 known
+    tokens = torch.arange((now + 1) * 16)
+    view = SimpleNamespace(frame_index=(tokens // 16).view(1, 1, -1), place=(tokens % 16).view(1, 1, -1),
+                           newest_frame=now, num_entering=3 * 16, tokens_per_frame=16, device="cpu")
+    scores = OpeningsOracle(clip.showing[None], clip.decoy_area[None]).score(view)[0, 0]
+    frame, place = tokens // 16, tokens % 16
+    openings = {f for s in starts[1:3] for f in range(s, s + RECALL.visible_frames)}     # the second and third
+    kept = scores >= 1e6
+    assert {int(f) for f in frame[kept]} == openings and int(kept.sum()) == 16 * len(openings)   # whole frames
+    first = scores >= 2e6
+    lasts = {starts[1] + RECALL.visible_frames - 1, starts[2] + RECALL.visible_frames - 1}
+    assert {int(f) for f in frame[first]} == lasts
+    assert not clip.decoy_area[place[first]].any() and int(first.sum()) == 2 * int((~clip.decoy_area).sum())
+    rest = scores.clone()
+    rest[kept] = float("-inf")
+    assert int(frame[rest.argmax()]) == now                                     # then the newest
+
+
 def test_committed_recall_models_were_trained_on_todays_recall_world():
     """The research weights and the world's code must not drift apart: the student's metadata records the
     world it learned, and that is today's RECALL preset (a heuristic table needs no head); the head was

@@ -30,12 +30,12 @@ from pafu_core.world.scenes import DEFAULT_WORLD, WorldConfig, render_clip
 
 from .metrics import (change_accuracy, clip_return_scores, psnr, return_scores, schedule_accuracy, self_consistency,
                       ssim, timeline_fidelity)
-from .oracles import CausalUseOracle, WorldOracle, object_labels
+from .oracles import CausalUseOracle, OpeningsOracle, WorldOracle, object_labels
 from .rules import ScheduleStandout, TellRule
 
 #: every bounded policy that needs no training (the best of them but random is what a learned head must beat)
 HEURISTICS = tuple(e.name for e in policy_entries() if e.training_free)
-ORACLES = ("oracle_world", "oracle_causal")
+ORACLES = ("oracle_world", "oracle_openings", "oracle_causal")
 #: rows that know the world's design (its schedule, its tell) but not its future: reported, never the bar
 RULES = ("standout_open", "tell_rule")
 #: rows that run a registered policy at other positions, or Deep Forcing's deep sink alone (sink_window with
@@ -231,6 +231,8 @@ def rollouts(student: WanChunkRunner, head: SalienceHead | None, policy: str, bu
     open_frames = torch.stack([c.visible for c in batch.clips])
     if policy == "oracle_world":
         pol = WorldOracle(torch.stack([object_labels(c, batch.world) for c in batch.clips]))
+    elif policy == "oracle_openings":
+        pol = OpeningsOracle.of_clips(batch.clips)
     elif policy == "standout_open":
         pol = ScheduleStandout(open_frames=open_frames)
     elif policy == "tell_rule":

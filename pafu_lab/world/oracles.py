@@ -2,6 +2,9 @@
 
 * ``WorldOracle`` knows the world's labels: after every chunk it keeps the tokens of every object's
   latest appearance (which will return), then the newest tokens.
+* ``OpeningsOracle`` knows the schedule's groups: it keeps every token of each group's latest opening
+  (objects *and* the empty cells around them: the evidence that a cell shows nothing when that group
+  returns), then the newest tokens.
 * ``CausalUseOracle`` knows the student's future: after every chunk it keeps the tokens that the
   student's own queries from later chunks attend to most in the keep-all rollout of the same noise.
 
@@ -60,6 +63,53 @@ class WorldOracle(Policy):
         is_object = labelled & objects[rows, f, place]
         keep = is_object & (frame >= latest[rows, place])
         return (keep.float() * _PRIORITY + frame.float()).to(view.device)
+
+
+class OpeningsOracle(Policy):
+    """Keeps every token of each group's latest opening (first its last frame, where no decoy can land: the
+    colours it left and the cells it left empty), then the newest ones.
+
+    ``WorldOracle`` keeps only the object cells; a query at a cell whose object belongs to another group then
+    finds only that object's colourful tokens and copies them. The whole opening also keeps what the cell
+    showed when the due group last showed: nothing."""
+
+    name = "oracle_openings"
+    scores_on_entry = False
+
+    def __init__(self, showing: torch.Tensor, decoy_area: torch.Tensor):
+        """``showing`` [B, F] long: the group each frame's open curtain shows (``CLOSED``: closed);
+        ``decoy_area`` [B, cells] bool: where decoys land (they never return, so those cells go first)."""
+        self.showing, self.decoy_area = showing, decoy_area
+
+    @classmethod
+    def of_clips(cls, clips) -> "OpeningsOracle":
+        if any(c.showing is None or c.decoy_area is None for c in clips):
+            raise ValueError("oracle_openings reads which group each opening shows: it needs the RECALL world")
+        return cls(torch.stack([c.showing for c in clips]), torch.stack([c.decoy_area for c in clips]))
+
+    def score(self, view) -> torch.Tensor:
+        known = view.newest_frame + 1 - view.num_entering // view.tokens_per_frame
+        if known <= 0:
+            return view.frame_index.float()
+        showing = self.showing[:, :known]                                    # [B, F]
+        groups = int(showing.max()) + 1 if bool((showing >= 0).any()) else 0
+        opened = showing >= 0
+        onset = opened & ~torch.cat([torch.zeros_like(opened[:, :1]), opened[:, :-1]], dim=1)
+        frame_ids = torch.arange(showing.shape[1]).view(1, -1)
+        # per group, the first frame of its latest opening (-1: not shown yet); the extra slot is CLOSED's
+        latest = torch.full((showing.shape[0], groups + 1), -1)
+        last = torch.full((showing.shape[0], groups + 1), -1)
+        for g in range(groups):
+            latest[:, g] = torch.where(onset & (showing == g), frame_ids, -1).amax(dim=1)
+            last[:, g] = torch.where(showing == g, frame_ids, -1).amax(dim=1)
+        frame = view.frame_index.cpu().long()                                # [L, B, N]
+        f = frame.clamp(max=known - 1)
+        rows = torch.arange(frame.shape[1]).view(1, -1, 1).expand_as(f)
+        group = showing[rows, f]
+        g = group.clamp(min=0)
+        keep = (frame < known) & (group >= 0) & (frame >= latest[rows, g])
+        left = keep & (frame == last[rows, g]) & ~self.decoy_area[rows, view.place.cpu().long()]
+        return ((keep.float() + left.float()) * _PRIORITY + frame.float()).to(view.device)
 
 
 class CausalUseOracle(Policy):

@@ -9,7 +9,7 @@ attends to what chunk c's cache kept and to itself, exactly as its commit pass d
 to the same kept tokens and to itself, exactly as its denoising passes did. So the loss is the
 inference computation, gradients included, at the cost of one more forward without gradients.
 
-The policy and the budget are drawn per step from a mixture (``SITUATION_POLICIES``: the world oracle,
+The policy and the budget are drawn per step from a mixture (``SITUATION_POLICIES``: the world oracles,
 FIFO, sink + window, standout, random subsets, the current head...) so that the student learns to read a
 sparse, scattered cache whoever chose it.
 """
@@ -28,7 +28,7 @@ from pafu_core.sampler import sample_video
 from pafu_core.schedule import SamplerConfig
 
 #: the policies a step may draw (names of pafu_core's registry, or the world oracle); ``pafu`` needs a head
-SITUATION_POLICIES = ("oracle_world", "fifo", "sink_window", "standout", "random", "keep_all", "pafu")
+SITUATION_POLICIES = ("oracle_world", "oracle_openings", "fifo", "sink_window", "standout", "random", "keep_all", "pafu")
 #: budgets drawn uniformly from this range, as fractions of the world's reference clip
 BUDGET_RANGE = (0.125, 0.5)
 
@@ -107,6 +107,9 @@ def build_policy(name: str, clips, head=None, seed: int = 0) -> Policy:
     if name == "oracle_world":
         from .oracles import WorldOracle, object_labels
         return WorldOracle(torch.stack([object_labels(c, c.cfg) for c in clips]))
+    if name == "oracle_openings":
+        from .oracles import OpeningsOracle
+        return OpeningsOracle.of_clips(clips)
     return make_policy(name, head=head, seed=seed)
 
 

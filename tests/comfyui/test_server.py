@@ -31,7 +31,7 @@ EXPECTED_INPUTS = {
     "PaFuTinyWorldStart": {"model": "MODEL", "style": "COMBO", "world_seed": "INT", "latent_frames": "INT",
                            "batch_size": "INT"},
     "PaFuTinyWorldDecode": {"latent": "LATENT", "scale": "INT"},
-    "PaFuPromptList": {f"prompt_{i}": "CONDITIONING" for i in range(1, 9)},
+    "PaFuPromptList": {f"prompt_{i}": "CONDITIONING" for i in range(1, 9)} | {f"videos_{i}": "LATENT" for i in range(1, 9)},
     "PaFuDistillSalienceHead": {"model": "MODEL", "prompts": "PAFU_PROMPTS", "latent": "LATENT", "budget": "FLOAT",
                                 "name": "STRING", "rollouts": "INT", "clip_frames": "INT", "steps": "INT",
                                 "chunk_frames": "INT", "timesteps": "STRING", "seed": "INT"},
