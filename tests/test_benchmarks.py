@@ -24,3 +24,34 @@ def test_verdicts_of_a_subset_of_policies_skip_what_was_not_scored():
     text, summary = verdicts(rows("fifo", 0.25, [0.0, 0.1]) + rows("pafu", 0.25, [0.4, 0.6]), [0.25], ["pafu"])
     assert set(summary["0.25:pafu"]) == {"minus_fifo"}
     assert "sink_window" not in text and "gap" not in text
+
+
+def test_training_curves_chain_the_runs_and_refuse_weights_without_a_record(tmp_path, capsys):
+    import json
+
+    import pytest
+    import torch
+    from safetensors.torch import save_file
+
+    from benchmarks.plot_training import main, run_record
+
+    def weights(name, record):
+        path = str(tmp_path / f"{name}.safetensors")
+        save_file({"w": torch.zeros(1)}, path, metadata=None if record is None else {"pafu_world": json.dumps(record)})
+        return path
+
+    first = weights("A", {"frames": 42, "tail": None, "step": 100, "batch": 8, "lr": 4e-4, "seed": 21,
+                          "init": None, "runs": [{"minutes": 1.5}, {"minutes": 2.0}],
+                          "history": [[50, 0.2], [100, 0.1]]})
+    second = weights("B", {"frames": 108, "tail": 42, "step": 50, "batch": 4, "lr": 3e-4, "seed": 22,
+                           "init": "A.safetensors", "runs": [{"minutes": 4.0}], "history": [[50, 0.3]]})
+    out = tmp_path / "curves.png"
+    main([first, second, "--out", str(out)])
+    table = capsys.readouterr().out
+    assert "| A | None | 42 | - | 100 | 8 | 0.0004 | 21 | 3.5 | 0.2000 | 0.1000 |" in table  # resumed minutes add up
+    assert "| B | A.safetensors | 108 | 42 | 50 |" in table
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="no training record"):
+        run_record(weights("bare", None))
+    with pytest.raises(ValueError, match="no curve"):
+        run_record(weights("old", {"frames": 42}))

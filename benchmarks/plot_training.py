@@ -1,0 +1,84 @@
+"""The training curves of a chain of runs, drawn from the weights' own metadata (prints numbers too).
+
+    python benchmarks/plot_training.py pafu_lab/assets/recall/runs/A2.safetensors \
+        pafu_lab/assets/recall/runs/B2.safetensors --out docs/recall_training_curves.png
+
+Every run of ``python -m pafu_lab.world.train`` writes its loss history (the mean loss of every
+``log_every`` steps), its minutes and its recipe into the weights it saves. The runs are given in chain
+order (each one's ``--init`` the one before); each curve starts where the one before it ended, so the
+chart reads as one training. Losses of runs on different clips (42 frames, 108 frames through a tail)
+are not the same quantity: the chart labels each run, and the table prints what each run trained on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from pafu_core.cli import existing_file, run_cli  # noqa: E402
+
+
+def run_record(path: str) -> dict:
+    """The recipe and loss history that ``pafu_lab.world.train`` stored in ``path``."""
+    from safetensors import safe_open
+    with safe_open(path, "pt") as fh:
+        raw = (fh.metadata() or {}).get("pafu_world")
+    if raw is None:
+        raise ValueError(f"{path} holds no training record (pafu_world metadata): give weights that "
+                         "python -m pafu_lab.world.train wrote")
+    record = json.loads(raw)
+    if not record.get("history"):
+        raise ValueError(f"{path} was trained before runs kept their loss history: it has no curve to draw")
+    return record
+
+
+def minutes(record: dict) -> float:
+    """The run's training minutes, over every resumed segment."""
+    return round(sum(r["minutes"] for r in record.get("runs", [])), 1)
+
+
+def render(runs: list[tuple[str, dict]], out: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(9, 4.2), dpi=100)
+    offset = 0
+    for name, rec in runs:
+        steps, losses = zip(*rec["history"])
+        ax.plot([offset + s for s in steps], losses, label=f"{name}: {rec['frames']} frames"
+                + (f", tail {rec['tail']}" if rec.get("tail") else "") + f", {minutes(rec)} min")
+        offset += rec["step"]
+        ax.axvline(offset, color="0.8", lw=0.8)
+    ax.set_xlabel("step (chained)")
+    ax.set_ylabel("training loss (mean of each logged window)")
+    ax.set_yscale("log")
+    ax.legend(fontsize=8)
+    ax.set_title("RECALL student in the situation of inference")
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("weights", nargs="+", type=existing_file, help="the runs' weights, in chain order")
+    p.add_argument("--out", default="out/training_curves.png")
+    args = p.parse_args(argv)
+    runs = [(os.path.splitext(os.path.basename(w))[0], run_record(w)) for w in args.weights]
+    print("| run | init | frames | tail | steps | batch | lr | seed | minutes | first loss | final loss |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for name, rec in runs:
+        print(f"| {name} | {rec.get('init')} | {rec['frames']} | {rec.get('tail') or '-'} | {rec['step']} | "
+              f"{rec['batch']} | {rec['lr']} | {rec['seed']} | {minutes(rec)} | "
+              f"{rec['history'][0][1]:.4f} | {rec['history'][-1][1]:.4f} |")
+    render(runs, args.out)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    run_cli(main)
