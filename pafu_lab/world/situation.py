@@ -94,11 +94,13 @@ def situation_masks(kept: KeptSets, tokens_per_frame: int) -> torch.Tensor:
     return torch.cat([clean, noisy], dim=-2)
 
 
-def draw_situation(step: int, seed: int, names=SITUATION_POLICIES) -> tuple[str, float]:
-    """The policy and the budget fraction of one step (seeded by the run's seed and the step)."""
+def draw_situation(step: int, seed: int, names=SITUATION_POLICIES,
+                   budgets: tuple[float, float] = BUDGET_RANGE) -> tuple[str, float]:
+    """The policy and the budget fraction (uniform in ``budgets``) of one step, seeded by the run's seed and
+    the step."""
     gen = torch.Generator().manual_seed(seed * 7_919 + step)
     name = names[int(torch.randint(len(names), (1,), generator=gen))]
-    lo, hi = BUDGET_RANGE
+    lo, hi = budgets
     return name, lo + (hi - lo) * float(torch.rand((), generator=gen))
 
 

@@ -33,15 +33,15 @@ import torch
 from tqdm.auto import tqdm
 
 from pafu_core.adapter import WanChunkRunner
-from pafu_core.cli import (Parser, existing_file, list_of, nonneg_int, one_of, output_file, positive_float,
-                           positive_int, run_cli, torch_device)
+from pafu_core.cli import (Parser, existing_file, fraction_of, list_of, nonneg_int, one_of, output_file,
+                           positive_float, positive_int, run_cli, torch_device)
 from pafu_core.schedule import TIMESTEP_SCALE, SamplerConfig, warp_timesteps
 from pafu_core.wan import WanConfig, WanDiT, init_weights_, load_wan_checkpoint
 from pafu_core.world.codec import encode_frames
 from pafu_core.world.scenes import DEFAULT_WORLD, WORLDS, WorldConfig, render_clip
 
-from .situation import (SITUATION_POLICIES, build_policy, draw_situation, policy_rollout, situation_budget,
-                        situation_masks)
+from .situation import (BUDGET_RANGE, SITUATION_POLICIES, build_policy, draw_situation, policy_rollout,
+                        situation_budget, situation_masks)
 
 TINY_WAN = WanConfig(dim=128, ffn_dim=384, num_heads=1, num_layers=4)
 MAX_OFFSET = 10 * DEFAULT_WORLD.clip_frames        # demo length: 10x the training clip
@@ -225,14 +225,18 @@ def save_model(model: WanDiT, path: str, meta: dict) -> None:
 @dataclass(frozen=True)
 class Situation:
     """Student steps trained in the situation of inference (``situation.py``): every ``every``-th step's past is
-    what a policy drawn from ``policies`` kept at a budget drawn from 12.5-50% (0: never); ``head`` serves
-    the ``pafu`` policy."""
+    what a policy drawn from ``policies`` kept at a budget drawn uniformly from ``budgets`` (fractions of the
+    world's clip; 0: never); ``head`` serves the ``pafu`` policy."""
 
     every: int = 0
     policies: tuple[str, ...] = SITUATION_POLICIES
     head: str | None = None
+    budgets: tuple[float, float] = BUDGET_RANGE
 
     def __post_init__(self):
+        lo, hi = self.budgets
+        if not 0 < lo <= hi <= 1:
+            raise ValueError(f"--situation-budgets {lo:g},{hi:g} must be two fractions 0 < low <= high <= 1")
         if "pafu" in self.policies and self.every and self.head is None:
             raise ValueError("the pafu policy in the situation mixture needs a head (--situation-head)")
 
@@ -311,7 +315,8 @@ def train(kind: str, steps: int, batch: int, lr: float, seed: int, device: str, 
            "init": os.path.basename(init) if init else None, "own_context": own_context, "world": world.__dict__,
            "frames": frames or world.clip_frames, "tail": tail, "views": list(modes), "open_weight": open_weight,
            "situation": {"every": situation.every, "policies": list(situation.policies),
-                         "head": os.path.basename(situation.head) if situation.head else None},
+                         "head": os.path.basename(situation.head) if situation.head else None,
+                         "budgets": list(situation.budgets)},
            "runs": [], "history": []}
     first = 0
     if resume:
@@ -339,7 +344,7 @@ def train(kind: str, steps: int, batch: int, lr: float, seed: int, device: str, 
         else:
             masks = None
             if in_situation:
-                name, fraction = draw_situation(step, seed, situation.policies)
+                name, fraction = draw_situation(step, seed, situation.policies, situation.budgets)
                 policy = build_policy(name, clips, head=head, seed=seed * 100_003 + step)
                 model.eval()
                 kept = policy_rollout(runner, policy, situation_budget(name, fraction, world.clip_frames), ctx, lat,
@@ -409,6 +414,9 @@ def main(argv=None) -> None:
                    default=[n for n in SITUATION_POLICIES if n not in ("pafu", "keep_all")],
                    help="the policies those steps draw from (pafu needs --situation-head)")
     p.add_argument("--situation-head", type=existing_file, default=None, help="the salience head of the pafu policy")
+    p.add_argument("--situation-budgets", type=list_of(fraction_of(DEFAULT_WORLD.clip_frames, "world's clip")),
+                   default=list(BUDGET_RANGE), help="the range those steps draw budgets from, LOW,HIGH as fractions "
+                   f"of the world's clip (default: {BUDGET_RANGE[0]:g},{BUDGET_RANGE[1]:g})")
     p.add_argument("--checkpoint", default=None,
                    help="write the run's state here every --save-every steps and at the end (for --resume)")
     p.add_argument("--save-every", type=positive_int, default=100)
@@ -423,7 +431,13 @@ def main(argv=None) -> None:
         output_file(args.checkpoint, "--checkpoint")
     if args.init:                   # a wrong file is refused before any training step
         load_wan_checkpoint(args.init)
-    situation = Situation(args.situation_every, tuple(args.situation_policies), args.situation_head)
+    if len(args.situation_budgets) != 2:
+        p.error(f"--situation-budgets takes two fractions, LOW,HIGH (got {len(args.situation_budgets)})")
+    try:
+        situation = Situation(args.situation_every, tuple(args.situation_policies), args.situation_head,
+                              tuple(args.situation_budgets))
+    except ValueError as err:
+        p.error(str(err))
     meta = train(args.kind, args.steps, args.batch, args.lr, args.seed, args.device, args.out, args.init,
                  own_context=args.own_context, world=WORLDS[args.world], frames=args.frames, views=tuple(args.views),
                  open_weight=args.open_weight, situation=situation, checkpoint=args.checkpoint, resume=args.resume,
