@@ -1,0 +1,101 @@
+"""Training in the situation of inference: the masks are what the cache held, the loss reads the past through
+them, and a run stopped early then resumed is the run that never stopped."""
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from pafu_core.adapter import WanChunkRunner
+from pafu_core.policies import make_policy
+from pafu_core.schedule import SamplerConfig
+from pafu_core.world.scenes import RECALL
+from pafu_lab.world.situation import draw_situation, policy_rollout, situation_budget, situation_masks
+from pafu_lab.world.train import Situation, _fresh_student, student_loss, teacher_forcing_mask, train, world_batch
+
+SAMPLER = SamplerConfig()
+
+
+@pytest.fixture(scope="module")
+def student():
+    return WanChunkRunner(_fresh_student(0).eval(), dtype=torch.float32)
+
+
+def batch(frames: int, rows: int = 2):
+    return world_batch(0, rows, 3, RECALL, frames, with_clips=True)
+
+
+def test_a_keep_all_rollout_gives_the_full_teacher_forcing_view(student):
+    lat, ctx, _, _ = batch(9)
+    kept = policy_rollout(student, make_policy("keep_all"), None, ctx, lat, SAMPLER)
+    tpf = student.tokens_per_frame(*lat.shape[-2:])
+    masks = situation_masks(kept, tpf)
+    full = teacher_forcing_mask(9, SAMPLER.chunk_frames, tpf, torch.Generator(), "full")
+    assert masks.shape == (2, len(student.model.blocks), *full.shape)
+    assert torch.equal(masks, full.expand_as(masks))
+
+
+def test_a_fifo_rollout_holds_the_newest_frames_within_its_budget(student):
+    lat, ctx, _, _ = batch(18)
+    tpf = student.tokens_per_frame(*lat.shape[-2:])
+    chunk = SAMPLER.chunk_frames * tpf
+    budget = situation_budget("fifo", 0.125, RECALL.clip_frames)
+    kept = policy_rollout(student, make_policy("fifo"), budget, ctx, lat, SAMPLER)
+    capacity = budget.tokens(tpf, chunk_tokens=chunk)
+    counts = kept.held.sum(-1)                                             # [C, L, B]
+    for c in range(kept.held.shape[0]):
+        held = kept.held[c]
+        n = int(counts[c].max())
+        assert torch.equal(counts[c], torch.full_like(counts[c], n))       # every layer and row alike
+        assert n == min(c * chunk, capacity)                               # all of the past, then the budget
+        frame = torch.arange(held.shape[-1]) // tpf
+        dropped = ~held[..., :c * chunk]
+        if dropped.any():                                                  # whole older frames go first
+            newest_dropped = torch.where(dropped, frame[:c * chunk], -1).amax(-1)
+            oldest_held = torch.where(held, frame, 10**6).amin(-1)
+            assert (newest_dropped <= oldest_held).all()
+        assert not held[..., c * chunk:].any()                             # never the chunk itself or a later one
+    assert int(counts[-1].max()) < (kept.held.shape[0] - 1) * chunk        # the budget did evict
+
+
+@pytest.mark.parametrize("tail", [None, 6])
+def test_the_loss_through_keep_all_masks_is_the_full_views_loss(student, tail):
+    """The situation's masks replace the view of the past and nothing else (same noise, same offset); a
+    budgeted cache's masks change the loss."""
+    lat, ctx, weights, _ = batch(9)
+    tpf = student.tokens_per_frame(*lat.shape[-2:])
+    full = situation_masks(policy_rollout(student, make_policy("keep_all"), None, ctx, lat, SAMPLER), tpf)
+    fifo = situation_masks(policy_rollout(student, make_policy("fifo"), situation_budget("fifo", 0.125, 36), ctx,
+                                          lat, SAMPLER), tpf)
+
+    def loss(mode, masks=None):
+        with torch.no_grad():
+            return student_loss(student, lat, ctx, weights, torch.Generator().manual_seed(5), "cpu", SAMPLER, mode,
+                                masks=masks, tail=tail)
+
+    assert torch.allclose(loss("subset", masks=full), loss("full"), rtol=1e-5, atol=1e-7)
+    # the fresh student is a near-identity stack, so attention moves its loss only a little; far beyond rounding
+    assert (loss("full", masks=fifo) - loss("full")).abs() > 1e-5
+
+
+def test_budgets_are_drawn_from_the_runs_range_and_a_bad_range_is_refused():
+    drawn = [draw_situation(step, 7, ("fifo",), (0.125, 0.25))[1] for step in range(50)]
+    assert all(0.125 <= b <= 0.25 for b in drawn) and max(drawn) - min(drawn) > 0.05
+    assert draw_situation(3, 7) != draw_situation(4, 7) and draw_situation(3, 7) == draw_situation(3, 7)
+    with pytest.raises(ValueError, match="0.5,0.25"):
+        Situation(1, ("fifo",), budgets=(0.5, 0.25))
+
+
+def test_a_run_stopped_early_and_resumed_is_the_run_that_never_stopped(tmp_path):
+    common = dict(kind="student", steps=3, batch=1, lr=1e-3, seed=0, device="cpu", world=RECALL, frames=9,
+                  log_every=1, situation=Situation(1, ("fifo", "random"), budgets=(0.125, 0.25)))
+    whole = train(out=str(tmp_path / "whole.safetensors"), checkpoint=str(tmp_path / "whole.ckpt"), **common)
+    ckpt = str(tmp_path / "cut.ckpt")
+    cut = train(out=str(tmp_path / "cut.safetensors"), checkpoint=ckpt, max_minutes=1e-9, **common)
+    assert cut["step"] == 1 and whole["step"] == 3
+    done = train(out=str(tmp_path / "cut.safetensors"), checkpoint=ckpt, resume=ckpt, **common)
+    assert [r["to_step"] for r in done["runs"]] == [1, 3] and [list(h) for h in done["history"]] == [list(h) for h in whole["history"]]
+    a, b = load_file(str(tmp_path / "whole.safetensors")), load_file(str(tmp_path / "cut.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    other = dict(common, situation=Situation(1, ("fifo", "random"), budgets=(0.125, 0.5)))
+    with pytest.raises(ValueError, match="other situation"):
+        train(out=str(tmp_path / "x.safetensors"), resume=ckpt, **other)
