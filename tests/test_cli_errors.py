@@ -139,6 +139,13 @@ def test_world_train_missing_and_wrong_init(tmp_path):
     one_sentence(run("-m", "pafu_lab.world.train", "student", "--out", out, "--views", "full,sometimes"),
                  "--views", "'sometimes'", "full, window, subset")
     assert not os.path.exists(out)
+    one_sentence(run("-m", "pafu_lab.world.train", "student", "--out", out, "--situation-every", "1",
+                     "--situation-budgets", "0.05,0.25"), "--situation-budgets 0.05", "less than one 3-frame chunk")
+    one_sentence(run("-m", "pafu_lab.world.train", "student", "--out", out, "--situation-budgets", "0.5,0.25"),
+                 "--situation-budgets 0.5,0.25", "low <= high")
+    one_sentence(run("-m", "pafu_lab.world.train", "student", "--out", out, "--situation-budgets", "0.25"),
+                 "LOW,HIGH")
+    assert not os.path.exists(out)
 
 
 def test_bench_recache_change_outside_the_video_and_unknown_policy():

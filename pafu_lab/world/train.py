@@ -433,6 +433,11 @@ def main(argv=None) -> None:
         load_wan_checkpoint(args.init)
     if len(args.situation_budgets) != 2:
         p.error(f"--situation-budgets takes two fractions, LOW,HIGH (got {len(args.situation_budgets)})")
+    chunk = SamplerConfig().chunk_frames
+    if args.situation_every and args.situation_budgets[0] * WORLDS[args.world].clip_frames < chunk:
+        p.error(f"--situation-budgets {args.situation_budgets[0]:g} keeps "
+                f"{args.situation_budgets[0] * WORLDS[args.world].clip_frames:g} frames of the world's "
+                f"{WORLDS[args.world].clip_frames}-frame clip, less than one {chunk}-frame chunk")
     try:
         situation = Situation(args.situation_every, tuple(args.situation_policies), args.situation_head,
                               tuple(args.situation_budgets))
