@@ -140,7 +140,8 @@ def test_world_train_missing_and_wrong_init(tmp_path):
                  "--views", "'sometimes'", "full, window, subset")
     assert not os.path.exists(out)
     one_sentence(run("-m", "pafu_lab.world.train", "student", "--out", out, "--situation-every", "1",
-                     "--situation-budgets", "0.05,0.25"), "--situation-budgets 0.05", "less than one 3-frame chunk")
+                     "--situation-budgets", "0.05,0.25"), "--situation-budgets 0.05 for fifo",
+                 "smaller than one chunk (48 tokens = 3 frames x 16)")
     one_sentence(run("-m", "pafu_lab.world.train", "student", "--out", out, "--situation-budgets", "0.5,0.25"),
                  "--situation-budgets 0.5,0.25", "low <= high")
     one_sentence(run("-m", "pafu_lab.world.train", "student", "--out", out, "--situation-budgets", "0.25"),

@@ -93,7 +93,8 @@ def test_a_run_stopped_early_and_resumed_is_the_run_that_never_stopped(tmp_path)
     cut = train(out=str(tmp_path / "cut.safetensors"), checkpoint=ckpt, max_minutes=1e-9, **common)
     assert cut["step"] == 1 and whole["step"] == 3
     done = train(out=str(tmp_path / "cut.safetensors"), checkpoint=ckpt, resume=ckpt, **common)
-    assert [r["to_step"] for r in done["runs"]] == [1, 3] and [list(h) for h in done["history"]] == [list(h) for h in whole["history"]]
+    assert [r["to_step"] for r in done["runs"]] == [1, 3]
+    assert [list(h) for h in done["history"]] == [list(h) for h in whole["history"]]
     a, b = load_file(str(tmp_path / "whole.safetensors")), load_file(str(tmp_path / "cut.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     other = dict(common, situation=Situation(1, ("fifo", "random"), budgets=(0.125, 0.5)))

@@ -33,6 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pafu_core.adapter import WanChunkRunner
+from pafu_core.budget import check_fits
 from pafu_core.cli import (Parser, existing_file, fraction_of, list_of, nonneg_int, one_of, output_file,
                            positive_float, positive_int, run_cli, torch_device)
 from pafu_core.schedule import TIMESTEP_SCALE, SamplerConfig, warp_timesteps
@@ -433,18 +434,21 @@ def main(argv=None) -> None:
         load_wan_checkpoint(args.init)
     if len(args.situation_budgets) != 2:
         p.error(f"--situation-budgets takes two fractions, LOW,HIGH (got {len(args.situation_budgets)})")
-    chunk = SamplerConfig().chunk_frames
-    if args.situation_every and args.situation_budgets[0] * WORLDS[args.world].clip_frames < chunk:
-        p.error(f"--situation-budgets {args.situation_budgets[0]:g} keeps "
-                f"{args.situation_budgets[0] * WORLDS[args.world].clip_frames:g} frames of the world's "
-                f"{WORLDS[args.world].clip_frames}-frame clip, less than one {chunk}-frame chunk")
+    world = WORLDS[args.world]
+    low = args.situation_budgets[0]
+    for name in sorted(set(args.situation_policies) - {"keep_all"}) if args.situation_every else ():
+        budget = situation_budget(name, low, world.clip_frames)     # the smallest one that policy will meet
+        try:
+            check_fits(budget.tokens(world.cells), SamplerConfig().chunk_frames, world.cells, budget.sink_frames)
+        except ValueError as err:
+            p.error(f"--situation-budgets {low:g} for {name}: {err}")
     try:
         situation = Situation(args.situation_every, tuple(args.situation_policies), args.situation_head,
                               tuple(args.situation_budgets))
     except ValueError as err:
         p.error(str(err))
     meta = train(args.kind, args.steps, args.batch, args.lr, args.seed, args.device, args.out, args.init,
-                 own_context=args.own_context, world=WORLDS[args.world], frames=args.frames, views=tuple(args.views),
+                 own_context=args.own_context, world=world, frames=args.frames, views=tuple(args.views),
                  open_weight=args.open_weight, situation=situation, checkpoint=args.checkpoint, resume=args.resume,
                  save_every=args.save_every, max_minutes=args.max_minutes, tail=args.tail_frames)
     print(json.dumps({k: v for k, v in meta.items() if k != "history"}, indent=1))
