@@ -146,6 +146,8 @@ def test_world_train_missing_and_wrong_init(tmp_path):
                  "--situation-budgets 0.5,0.25", "low <= high")
     one_sentence(run("-m", "pafu_lab.world.train", "student", "--out", out, "--situation-budgets", "0.25"),
                  "LOW,HIGH")
+    one_sentence(run("-m", "pafu_lab.world.train", "student", "--out", out, "--situation-free-every", "2"),
+                 "--situation-free-every needs situation steps")
     assert not os.path.exists(out)
 
 

@@ -9,8 +9,10 @@ from pafu_core.adapter import WanChunkRunner
 from pafu_core.policies import make_policy
 from pafu_core.schedule import SamplerConfig
 from pafu_core.world.scenes import RECALL
-from pafu_lab.world.situation import draw_situation, policy_rollout, situation_budget, situation_masks
-from pafu_lab.world.train import Situation, _fresh_student, student_loss, teacher_forcing_mask, train, world_batch
+from pafu_lab.world.situation import (chunk_of_frames, draw_situation, policy_rollout, situation_budget,
+                                     situation_masks, unknowable_cells)
+from pafu_lab.world.train import (Situation, _fresh_student, student_loss, teacher_forcing_mask, train,
+                                  whole_chunk_tail, world_batch)
 
 SAMPLER = SamplerConfig()
 
@@ -100,3 +102,69 @@ def test_a_run_stopped_early_and_resumed_is_the_run_that_never_stopped(tmp_path)
     other = dict(common, situation=Situation(1, ("fifo", "random"), budgets=(0.125, 0.5)))
     with pytest.raises(ValueError, match="other situation"):
         train(out=str(tmp_path / "x.safetensors"), resume=ckpt, **other)
+
+
+def test_a_free_rollout_starts_from_the_given_frames_and_its_masks_follow_its_own_chunks(student):
+    """Free: the start frame is a chunk of its own and is returned as given; the rest is generated; the keep-all
+    masks are the block-causal view over those chunks (frame 0, then frames 1-3, 4-6, 7-9)."""
+    lat, ctx, _, _ = batch(10)
+    noise = torch.randn(lat.shape, generator=torch.Generator().manual_seed(1))
+    kept = policy_rollout(student, make_policy("keep_all"), None, ctx, lat, SAMPLER, free_from=1, noise=noise)
+    assert torch.equal(kept.latents[:, :, :1], lat[:, :, :1])
+    assert not torch.allclose(kept.latents[:, :, 1:], lat[:, :, 1:], atol=0.1)     # generated, not watched
+    assert kept.chunk_of_frame.tolist() == [0, 1, 1, 1, 2, 2, 2, 3, 3, 3] == chunk_of_frames(10, 3, 1).tolist()
+    assert kept.held.shape[0] == 4
+    tpf = student.tokens_per_frame(*lat.shape[-2:])
+    block = kept.chunk_of_frame.repeat_interleave(tpf)
+    bq, bk = block[:, None], block[None, :]
+    n = len(block)
+    want = torch.cat([torch.cat([bk <= bq, torch.zeros(n, n, dtype=torch.bool)], 1),
+                      torch.cat([bk < bq, bk == bq], 1)])
+    masks = situation_masks(kept, tpf)
+    assert torch.equal(masks, want.expand_as(masks))
+    with pytest.raises(ValueError, match="needs situation steps"):
+        Situation(0, ("fifo",), free_every=2)
+
+
+def test_trained_frames_begin_where_a_chunk_does():
+    after_start = chunk_of_frames(10, 3, 1)                  # 0 | 1 2 3 | 4 5 6 | 7 8 9
+    assert [whole_chunk_tail(t, after_start) for t in (10, 9, 7, 6, 4, 3, 2)] == [10, 9, 6, 6, 3, 3, 0]
+    assert whole_chunk_tail(6, chunk_of_frames(9, 3)) == 6
+
+
+def _paint_cell(frame, cell, color):
+    k, grid = RECALL.cell, RECALL.grid
+    frame[:, (cell // grid) * k:(cell // grid + 1) * k, (cell % grid) * k:(cell % grid + 1) * k] = color.view(3, 1, 1)
+
+
+def test_an_object_the_rollouts_past_does_not_fix_weighs_nothing():
+    """Drawn as the world drew it, only first appearances after the start are unknowable; an object drawn
+    missing, or in another colour, at its latest showing makes its next appearance unknowable, and nothing else."""
+    from pafu_core.world.scenes import OBJECT_COLORS
+    _, _, _, clips = world_batch(0, 4, 3, RECALL, 90, with_clips=True)
+    clip = next(c for c in clips if c.visible[0])            # starts open: the start shows the first group
+    shown = clip.colors >= 0                                   # [F, J]
+    assert shown.any(0).all()
+    first = shown.float().argmax(0)                            # first frame each object shows in
+    want = torch.zeros(len(shown), RECALL.cells, dtype=torch.bool)
+    for j in range(shown.shape[1]):
+        if first[j] >= 1:
+            ends = first[j] + shown[first[j]:, j].float().argmin()
+            want[first[j]:ends, clip.positions[j]] = True
+    assert torch.equal(unknowable_cells(clip, clip.frames, 1), want)
+    assert want.any() and not want[0].any()
+
+    j = int(first.argmax())                                    # an object first shown after the start ...
+    begin = int(first[j])
+    end = begin + int(shown[begin:, j].float().argmin())       # ... the frame after its first appearance
+    back = end + int(shown[end:, j].float().argmax())          # its return
+    back_end = back + int(shown[back:, j].float().argmin())
+    assert end < back < back_end
+    cell = int(clip.positions[j])
+    for color in (torch.zeros(3), OBJECT_COLORS[(int(clip.colors[end - 1, j]) + 3) % len(OBJECT_COLORS)]):
+        frames = clip.frames.clone()
+        _paint_cell(frames[end - 1], cell, color)              # missing, then another colour
+        got = unknowable_cells(clip, frames, 1)
+        expected = want.clone()
+        expected[back:back_end, cell] = True
+        assert torch.equal(got, expected)

@@ -433,3 +433,18 @@ def test_weighing_every_open_cell_spares_only_where_decoys_land():
     assert (default[open_][:, ~clip.decoy_area] == 1).any()          # the default leaves backdrop cells at 1
     with pytest.raises(ValueError, match="open_weight"):
         salient_weights(clip, "everything")
+
+
+def test_weighing_object_cells_in_every_frame_charges_a_drawn_object_while_closed():
+    """``open_weight="object_cells"``: every object's cell weighs like an object in closed frames too (showing an
+    object behind the closed curtain costs what missing one costs when it opens); elsewhere the default holds."""
+    from pafu_core.world.scenes import RECALL
+    from pafu_lab.world.train import OBJECT_WEIGHT, salient_weights
+    clip = render_clip(11, 60, cfg=RECALL)
+    default = salient_weights(clip)[0][:, ::2, ::2].flatten(1)
+    always = salient_weights(clip, "object_cells")[0][:, ::2, ::2].flatten(1)
+    objects = torch.zeros(RECALL.cells, dtype=torch.bool)
+    objects[clip.positions] = True
+    assert (always[:, objects] == OBJECT_WEIGHT).all()
+    assert (default[~clip.visible][:, objects] == 1).all()         # the default weighs them as the backdrop
+    assert torch.equal(always[:, ~objects], default[:, ~objects])

@@ -12,6 +12,13 @@ inference computation, gradients included, at the cost of one more forward witho
 The policy and the budget are drawn per step from a mixture (``SITUATION_POLICIES``: the world oracles,
 FIFO, sink + window, standout, random subsets, the current head...) so that the student learns to read a
 sparse, scattered cache whoever chose it.
+
+A *free* rollout (DAgger's form of Self-Forcing's idea) generates instead, from the world's first frames
+under the per-frame schedule: the clean copies then hold the student's own past, as its cache does when it
+generates. The targets stay the world's frames wherever the world's rules make them follow from that past
+(the curtain as scheduled, the backdrop, an object whose latest showing the rollout drew right); an
+object's cells weigh nothing where they cannot (``unknowable_cells``: a first appearance after the start,
+or a return whose latest showing the rollout drew wrong or left out).
 """
 
 from __future__ import annotations
@@ -26,6 +33,8 @@ from pafu_core.policies import make_policy
 from pafu_core.policy import Policy
 from pafu_core.sampler import sample_video
 from pafu_core.schedule import SamplerConfig
+
+from .metrics import MATCH_TOLERANCE, cell_colors, object_mask
 
 #: the policies a step may draw (names of pafu_core's registry, or the world oracle); ``pafu`` needs a head
 SITUATION_POLICIES = ("oracle_world", "oracle_openings", "fifo", "sink_window", "standout", "random", "keep_all", "pafu")
@@ -64,21 +73,57 @@ class KeptSets:
     latents: torch.Tensor          # [B, C, F, H, W] what the rollout generated (the prediction of each chunk)
 
 
+def chunk_of_frames(frames: int, chunk: int, start: int = 0) -> torch.Tensor:
+    """[F] long: the chunk each frame is generated in (the ``start`` frames given first are a chunk of their own)."""
+    t = torch.arange(frames)
+    return t // chunk if not start else torch.where(t < start, 0, (t - start) // chunk + 1)
+
+
 def policy_rollout(runner: WanChunkRunner, policy: Policy, budget: CacheBudget | None, context: torch.Tensor,
-                   observed: torch.Tensor, sampler: SamplerConfig) -> KeptSets:
-    """Roll ``policy`` out over the watched clips ``observed`` [B, C, F, H, W] without gradients."""
+                   observed: torch.Tensor, sampler: SamplerConfig, free_from: int = 0,
+                   noise: torch.Tensor | None = None) -> KeptSets:
+    """Roll ``policy`` out over the clips ``observed`` [B, C, F, H, W] without gradients: watched (the cache is
+    written with them), or with ``free_from`` > 0 generated freely from their first ``free_from`` frames (from
+    ``noise``, else the sampler's seeded noise)."""
     b, _, f, h, w = observed.shape
     recorder = _Recorder(policy)
+    if free_from:
+        given = dict(start=observed[:, :, :free_from], noise=noise)
+    else:
+        given = dict(observed=observed)
     with torch.no_grad():
         res = sample_video(runner, context, num_frames=f, height=h, width=w, policy=recorder, budget=budget,
-                           config=sampler, batch=b, device=observed.device, observed=observed)
+                           config=sampler, batch=b, device=observed.device, **given)
     tokens = f * runner.tokens_per_frame(h, w)
     held = []
     for kept in recorder.kept:
         mask = torch.zeros(*kept.shape[:2], tokens, dtype=torch.bool, device=kept.device)
         held.append(mask.scatter_(-1, kept, True))
-    chunk_of_frame = torch.arange(f, device=observed.device) // sampler.chunk_frames
+    chunk_of_frame = chunk_of_frames(f, sampler.chunk_frames, free_from).to(observed.device)
     return KeptSets(torch.stack(held), chunk_of_frame, res.latents)
+
+
+def unknowable_cells(clip, frames: torch.Tensor, start: int, tol: float | None = None) -> torch.Tensor:
+    """[F, cells] bool: where a free rollout's past does not fix the world's frame, an object's cell at a frame
+    it shows in: a first appearance wholly after the ``start`` frames (the model's own invention is as valid),
+    or a return whose latest showing (the last frame of its previous appearance) ``frames`` [F, 3, H, W] drew
+    missing or in another colour than the world did there (the world's rule then fixes another colour)."""
+    tol = MATCH_TOLERANCE if tol is None else tol
+    cells = clip.positions
+    truth, got = cell_colors(clip.frames, clip.cfg)[:, cells], cell_colors(frames, clip.cfg)[:, cells]  # [F, J, 3]
+    drawn_right = object_mask(got) & ((got - truth).norm(dim=-1) < tol)          # [F, J]
+    drawn_right[:start] = True                                                  # given as they are
+    shown = clip.colors >= 0                                                    # [F, J]
+    out = torch.zeros(shown.shape[0], clip.cfg.cells, dtype=torch.bool)
+    known = torch.zeros(shown.shape[1], dtype=torch.bool)      # the current appearance follows from the past
+    last = torch.full((shown.shape[1],), -1)                   # last frame each object showed in, so far
+    for t in range(shown.shape[0]):                            # frames, vectorised over the objects
+        begins = shown[t] & (torch.ones_like(known) if t == 0 else ~shown[t - 1])
+        ref_right = drawn_right[last.clamp(min=0), torch.arange(len(last))] & (last >= 0)
+        known = torch.where(begins, (t < start) | ref_right, known)
+        out[t, cells] = shown[t] & ~known
+        last = torch.where(shown[t], t, last)
+    return out
 
 
 def situation_masks(kept: KeptSets, tokens_per_frame: int) -> torch.Tensor:

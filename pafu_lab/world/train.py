@@ -38,11 +38,11 @@ from pafu_core.cli import (Parser, existing_file, fraction_of, list_of, nonneg_i
                            positive_float, positive_int, run_cli, torch_device)
 from pafu_core.schedule import TIMESTEP_SCALE, SamplerConfig, warp_timesteps
 from pafu_core.wan import WanConfig, WanDiT, init_weights_, load_wan_checkpoint
-from pafu_core.world.codec import encode_frames
+from pafu_core.world.codec import decode_frames, encode_frames
 from pafu_core.world.scenes import DEFAULT_WORLD, WORLDS, WorldConfig, render_clip
 
 from .situation import (BUDGET_RANGE, SITUATION_POLICIES, build_policy, draw_situation, policy_rollout,
-                        situation_budget, situation_masks)
+                        situation_budget, situation_masks, unknowable_cells)
 
 TINY_WAN = WanConfig(dim=128, ffn_dim=384, num_heads=1, num_layers=4)
 MAX_OFFSET = 10 * DEFAULT_WORLD.clip_frames        # demo length: 10x the training clip
@@ -80,15 +80,18 @@ OBJECT_WEIGHT = 8.0
 DECOY_WEIGHT = 2.0
 
 
-#: what of an open frame weighs OBJECT_WEIGHT: every object's cell, or every cell where no decoy can land
-OPEN_WEIGHTS = ("objects", "cells")
+#: what weighs OBJECT_WEIGHT: every object's cell of an open frame, every cell of an open frame where no decoy
+#: can land, or every object's cell of every frame, open or closed
+OPEN_WEIGHTS = ("objects", "cells", "object_cells")
 
 
 def salient_weights(clip, open_weight: str = "objects") -> torch.Tensor:
     """[1, F, h, w] loss weights over one clip's latents, from the world's labels: OBJECT_WEIGHT on every
     object's cell in every open frame (what must be remembered, and, where another group shows, must not be
     drawn: an object drawn there costs as much as one missed; ``open_weight="cells"``: on every cell of an
-    open frame where no decoy can land, so an object invented on the backdrop costs as much too),
+    open frame where no decoy can land, so an object invented on the backdrop costs as much too;
+    ``"object_cells"``: on every object's cell of every frame, so an object drawn while the curtain is closed
+    costs as much as one missed while it is open, and hedging towards showing it does not pay),
     DECOY_WEIGHT on decoys; passers, which no model can predict, weigh as the backdrop."""
     from .metrics import decoy_cells
     from .oracles import object_labels
@@ -98,6 +101,8 @@ def salient_weights(clip, open_weight: str = "objects") -> torch.Tensor:
     labels = object_labels(clip, cfg)
     if open_weight == "cells":
         watched = labels | (clip.visible[:, None] & ~decoy_cells(clip)[None, :])
+    elif open_weight == "object_cells":
+        watched = labels.any(dim=0)[None, :].expand_as(labels)
     else:
         watched = labels | (clip.visible[:, None] & labels.any(dim=0)[None, :])
     weight = 1 + (OBJECT_WEIGHT - 1) * watched.float()
@@ -154,17 +159,22 @@ def teacher_forcing_mask(frames: int, chunk: int, tpf: int, gen, mode: str) -> t
 
 def student_loss(runner: WanChunkRunner, lat, ctx, weights, gen, device, sampler: SamplerConfig,
                  mode: str, own_context: bool = False, masks: torch.Tensor | None = None,
-                 tail: int | None = None) -> torch.Tensor:
+                 tail: int | None = None, past: torch.Tensor | None = None,
+                 chunk_of_frame: torch.Tensor | None = None) -> torch.Tensor:
     """The one-pass teacher-forcing loss; ``masks`` [B, L, 2N, 2N] (``situation.situation_masks``: what a
     policy's cache held) replaces the view ``mode`` of the past, layer by layer. ``tail``: only the last
-    ``tail`` frames are trained (their noisy copies), over the whole clean clip: a long horizon at a bounded
-    cost."""
+    ``tail`` frames are trained (their noisy copies; rounded down to whole chunks), over the whole clean clip: a
+    long horizon at a bounded cost. ``past``: what the clean copies hold instead of ``lat`` (a free rollout's
+    own frames), chunked as ``chunk_of_frame`` [F] says (default: whole chunks from frame 0)."""
     b, _, f, h, w = lat.shape
-    tail = f if tail is None else min(tail, f)
     chunk = sampler.chunk_frames
+    if chunk_of_frame is None:
+        chunk_of_frame = torch.arange(f) // chunk
+    chunk_of_frame = chunk_of_frame.cpu()
+    tail = whole_chunk_tail(f if tail is None else min(tail, f), chunk_of_frame)
     sigmas = torch.tensor(warp_timesteps(sampler.timesteps, sampler.shift))
-    per_chunk = sigmas[torch.randint(len(sigmas), (b, math.ceil(f / chunk)), generator=gen)]
-    sigma = per_chunk.repeat_interleave(chunk, dim=1)[:, :f].to(device)          # [B, F]
+    per_chunk = sigmas[torch.randint(len(sigmas), (b, int(chunk_of_frame[-1]) + 1), generator=gen)]
+    sigma = per_chunk[:, chunk_of_frame].to(device)                              # [B, F]
     noise = torch.randn(lat.shape, generator=gen).to(device)
     s5 = sigma.view(b, 1, f, 1, 1)
     noisy = ((1 - s5) * lat + s5 * noise)[:, :, f - tail:]
@@ -175,8 +185,8 @@ def student_loss(runner: WanChunkRunner, lat, ctx, weights, gen, device, sampler
         keep = torch.cat([torch.arange(f * tpf), torch.arange((2 * f - tail) * tpf, 2 * f * tpf)]).to(device)
         mask = mask.index_select(-2, keep).index_select(-1, keep)
     t_noisy = sigma[:, f - tail:] * TIMESTEP_SCALE
-    context = lat
-    if own_context:
+    context = lat if past is None else past
+    if own_context and past is None:
         # the context as the model itself would have written it: its one-pass estimate of every chunk
         # (exposure bias: in a rollout the cache holds generated chunks, not the world's clean frames)
         with torch.no_grad():
@@ -185,6 +195,16 @@ def student_loss(runner: WanChunkRunner, lat, ctx, weights, gen, device, sampler
             context = torch.cat([lat[:, :, :f - tail], estimate], dim=2)
     pred = teacher_forcing_forward(runner, context, noisy, t_noisy, ctx, offset, mask, sampler.context_timestep)
     return weighted_mse(pred, (noise - lat)[:, :, f - tail:], weights[:, :, f - tail:])
+
+
+def whole_chunk_tail(tail: int, chunk_of_frame: torch.Tensor) -> int:
+    """``tail`` rounded down so that the last ``tail`` frames begin where a chunk does (``chunk_of_frame`` [F]):
+    a chunk's noisy copies are denoised together, so a chunk is trained whole or not at all."""
+    f = len(chunk_of_frame)
+    first = f - tail
+    while 0 < first < f and chunk_of_frame[first] == chunk_of_frame[first - 1]:
+        first += 1
+    return f - first
 
 
 def teacher_forcing_forward(runner: WanChunkRunner, clean, noisy, t_noisy, ctx, offset, mask, t_ctx=0.0):
@@ -213,6 +233,17 @@ def teacher_forcing_forward(runner: WanChunkRunner, clean, noisy, t_noisy, ctx, 
     return runner.unpatchify(runner.final_head(x[:, n:], e[:, f:], tail), grid_n)
 
 
+def own_rollout_unknowns(latents: torch.Tensor, clips, start: int) -> torch.Tensor:
+    """[B, 1, F, h, w] bool over the latents: ``situation.unknowable_cells`` of each free rollout, one cell =
+    2x2 latent pixels (the weights' layout)."""
+    out = []
+    for row, clip in zip(latents, clips):
+        cells = unknowable_cells(clip, decode_frames(row.cpu()), start)          # [F, cells]
+        grid = cells.view(-1, clip.cfg.grid, clip.cfg.grid)
+        out.append(grid.repeat_interleave(2, -1).repeat_interleave(2, -2).unsqueeze(0))
+    return torch.stack(out)
+
+
 def save_model(model: WanDiT, path: str, meta: dict) -> None:
     from safetensors.torch import save_file
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -227,17 +258,27 @@ def save_model(model: WanDiT, path: str, meta: dict) -> None:
 class Situation:
     """Student steps trained in the situation of inference (``situation.py``): every ``every``-th step's past is
     what a policy drawn from ``policies`` kept at a budget drawn uniformly from ``budgets`` (fractions of the
-    world's clip; 0: never); ``head`` serves the ``pafu`` policy."""
+    world's clip; 0: never); ``head`` serves the ``pafu`` policy. Every ``free_every``-th of those steps rolls
+    out freely from the world's first ``free_from`` frames (0: all watched): its past is the student's own."""
 
     every: int = 0
     policies: tuple[str, ...] = SITUATION_POLICIES
     head: str | None = None
     budgets: tuple[float, float] = BUDGET_RANGE
+    free_every: int = 0
+    free_from: int = 1
 
     def __post_init__(self):
         lo, hi = self.budgets
         if not 0 < lo <= hi <= 1:
             raise ValueError(f"--situation-budgets {lo:g},{hi:g} must be two fractions 0 < low <= high <= 1")
+        if self.free_every and not self.every:
+            raise ValueError("--situation-free-every needs situation steps (--situation-every)")
+        if self.free_every and self.free_from < 1:
+            raise ValueError("a free rollout starts from at least the world's first frame (--situation-free-from 1)")
+
+    def is_free(self, step: int) -> bool:
+        return bool(self.free_every) and step % (self.every * self.free_every) == 0
         if "pafu" in self.policies and self.every and self.head is None:
             raise ValueError("the pafu policy in the situation mixture needs a head (--situation-head)")
 
@@ -317,7 +358,9 @@ def train(kind: str, steps: int, batch: int, lr: float, seed: int, device: str, 
            "frames": frames or world.clip_frames, "tail": tail, "views": list(modes), "open_weight": open_weight,
            "situation": {"every": situation.every, "policies": list(situation.policies),
                          "head": os.path.basename(situation.head) if situation.head else None,
-                         "budgets": list(situation.budgets)},
+                         "budgets": list(situation.budgets),
+                         **({"free_every": situation.free_every, "free_from": situation.free_from}
+                            if situation.free_every else {})},
            "runs": [], "history": []}
     first = 0
     if resume:
@@ -343,18 +386,24 @@ def train(kind: str, steps: int, batch: int, lr: float, seed: int, device: str, 
         if kind == "teacher":
             loss = teacher_loss(runner, lat, ctx, weights, gen, device)
         else:
-            masks = None
+            masks = past = chunks = None
             if in_situation:
                 name, fraction = draw_situation(step, seed, situation.policies, situation.budgets)
                 policy = build_policy(name, clips, head=head, seed=seed * 100_003 + step)
+                free = situation.free_from if situation.is_free(step) else 0
+                noise = torch.randn(lat.shape, generator=torch.Generator().manual_seed(seed * 104_729 + step)) \
+                    if free else None
                 model.eval()
                 kept = policy_rollout(runner, policy, situation_budget(name, fraction, world.clip_frames), ctx, lat,
-                                      sampler)
+                                      sampler, free_from=free, noise=None if noise is None else noise.to(device))
                 model.train()
                 masks = situation_masks(kept, runner.tokens_per_frame(*lat.shape[-2:]))
+                if free:            # its own past; an object it cannot know from that past weighs nothing
+                    past, chunks = kept.latents, kept.chunk_of_frame
+                    weights = weights * ~own_rollout_unknowns(kept.latents, clips, free).to(device)
             own = own_context > 0 and step % own_context == 0
             loss = student_loss(runner, lat, ctx, weights, gen, device, sampler, modes[step % len(modes)], own,
-                                masks=masks, tail=tail)
+                                masks=masks, tail=tail, past=past, chunk_of_frame=chunks)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -403,8 +452,9 @@ def main(argv=None) -> None:
                    default=list(PAST_VIEWS), help="the student's view of the past, step by step in turn "
                    f"(default: {','.join(PAST_VIEWS)})")
     p.add_argument("--open-weight", type=one_of(OPEN_WEIGHTS, "open weight"), default="objects",
-                   help="what of an open frame the loss weighs like an object: every object's cell (objects), or "
-                        "every cell where no decoy can land (cells)")
+                   help="what the loss weighs like an object: every object's cell of an open frame (objects), every "
+                        "cell of an open frame where no decoy can land (cells), or every object's cell of every "
+                        "frame, the curtain closed too (object_cells)")
     p.add_argument("--tail-frames", type=positive_int, default=None,
                    help="train only the last N frames' noisy copies, over the whole clean clip (long clips at a "
                         "bounded cost; default: every frame)")
@@ -418,6 +468,11 @@ def main(argv=None) -> None:
     p.add_argument("--situation-budgets", type=list_of(fraction_of(DEFAULT_WORLD.clip_frames, "world's clip")),
                    default=list(BUDGET_RANGE), help="the range those steps draw budgets from, LOW,HIGH as fractions "
                    f"of the world's clip (default: {BUDGET_RANGE[0]:g},{BUDGET_RANGE[1]:g})")
+    p.add_argument("--situation-free-every", type=nonneg_int, default=0,
+                   help="every N-th situation step generates freely from the world's first frames instead of "
+                        "watching (own-rollout context; 0: never)")
+    p.add_argument("--situation-free-from", type=positive_int, default=1,
+                   help="the world's first latent frames a free rollout starts from (default 1, as free generation)")
     p.add_argument("--checkpoint", default=None,
                    help="write the run's state here every --save-every steps and at the end (for --resume)")
     p.add_argument("--save-every", type=positive_int, default=100)
@@ -444,7 +499,7 @@ def main(argv=None) -> None:
             p.error(f"--situation-budgets {low:g} for {name}: {err}")
     try:
         situation = Situation(args.situation_every, tuple(args.situation_policies), args.situation_head,
-                              tuple(args.situation_budgets))
+                              tuple(args.situation_budgets), args.situation_free_every, args.situation_free_from)
     except ValueError as err:
         p.error(str(err))
     meta = train(args.kind, args.steps, args.batch, args.lr, args.seed, args.device, args.out, args.init,
