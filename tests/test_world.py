@@ -448,3 +448,30 @@ def test_weighing_object_cells_in_every_frame_charges_a_drawn_object_while_close
     assert (always[:, objects] == OBJECT_WEIGHT).all()
     assert (default[~clip.visible][:, objects] == 1).all()         # the default weighs them as the backdrop
     assert torch.equal(always[:, ~objects], default[:, ~objects])
+
+
+def test_free_generation_timeline_leaves_out_the_openings_of_a_group_the_start_does_not_show():
+    """A video that draws the group its first frame does not show on cells of its own, in the world's timing,
+    keeps the world's timeline wherever the start fixes it: a perfect 1 (the whole-clip count would miss every
+    one of those openings); drawing a known object behind the closed curtain still costs its frame."""
+    from pafu_core.world.scenes import RECALL
+    from pafu_lab.world.metrics import cell_colors, timeline_fidelity, world_labels
+    clip = render_clip(11, 120, cfg=RECALL)
+    labels = world_labels(clip)
+    known = labels[0]
+    assert known.any() and clip.visible[0]
+    free = [c for c in range(RECALL.cells) if not labels[:, c].any() and not clip.decoy_area[c]]
+    closed = int((~clip.visible).nonzero()[0])
+    backdrop = cell_colors(clip.frames, RECALL)[closed, int(known.nonzero()[0])]
+    invented = clip.frames.clone()
+    other = clip.visible & ~(labels & known).any(-1)                  # the other group's openings
+    for f in other.nonzero().flatten().tolist():
+        for cell in labels[f].nonzero().flatten().tolist():
+            _paint(invented, [f], cell, backdrop, RECALL)             # off the world's cells ...
+        _paint(invented, [f], free[0], OBJECT_COLORS[0], RECALL)      # ... onto one of its own
+    assert other.any()
+    assert timeline_fidelity(invented, clip, 1) == 1.0
+    behind = invented.clone()
+    _paint(behind, [closed], int(known.nonzero()[0]), OBJECT_COLORS[1], RECALL)
+    scored = int((~clip.visible).sum() + (clip.visible & ~other).sum()) - 1
+    assert timeline_fidelity(behind, clip, 1) == pytest.approx(1 - 1 / scored)

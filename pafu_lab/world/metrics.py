@@ -189,9 +189,17 @@ def clip_returns(frames: torch.Tensor, clip, tol: float = MATCH_TOLERANCE, start
 
 def timeline_fidelity(frames: torch.Tensor, clip, start_frames: int = 0) -> float:
     """Share of the generated frames that are open (an object in some object cell) exactly when the world's
-    schedule (the timeline) says the curtain is open."""
-    shows = (object_mask(cell_colors(frames, clip.cfg)) & world_labels(clip).any(dim=0)).any(dim=-1)
-    return float((shows == clip.visible)[start_frames:].float().mean())
+    schedule (the timeline) says the curtain is open.
+
+    Generated freely from the world's first ``start_frames`` frames, only the cells of the objects those frames
+    show are the world's to judge, as in ``clip_returns``: an opening of objects first shown later is left out
+    (the model draws them on cells of its own invention), and a frame counts as open when a known cell shows."""
+    labels = world_labels(clip)
+    cells = labels[:start_frames].any(dim=0) if start_frames else labels.any(dim=0)
+    shows = (object_mask(cell_colors(frames, clip.cfg)) & cells).any(dim=-1)
+    scored = ~clip.visible | (labels & cells).any(dim=-1) if start_frames else torch.ones_like(clip.visible)
+    right = (shows == clip.visible)[start_frames:]
+    return float(right[scored[start_frames:]].float().mean())
 
 
 def self_consistency(frames: torch.Tensor, clip, tol: float = MATCH_TOLERANCE, start_frames: int = 0) -> float:
