@@ -103,12 +103,11 @@ def policy_rollout(runner: WanChunkRunner, policy: Policy, budget: CacheBudget |
     return KeptSets(torch.stack(held), chunk_of_frame, res.latents)
 
 
-def unknowable_cells(clip, frames: torch.Tensor, start: int, tol: float | None = None) -> torch.Tensor:
+def unknowable_cells(clip, frames: torch.Tensor, start: int, tol: float = MATCH_TOLERANCE) -> torch.Tensor:
     """[F, cells] bool: where a free rollout's past does not fix the world's frame, an object's cell at a frame
     it shows in: a first appearance wholly after the ``start`` frames (the model's own invention is as valid),
     or a return whose latest showing (the last frame of its previous appearance) ``frames`` [F, 3, H, W] drew
     missing or in another colour than the world did there (the world's rule then fixes another colour)."""
-    tol = MATCH_TOLERANCE if tol is None else tol
     cells = clip.positions
     truth, got = cell_colors(clip.frames, clip.cfg)[:, cells], cell_colors(frames, clip.cfg)[:, cells]  # [F, J, 3]
     drawn_right = object_mask(got) & ((got - truth).norm(dim=-1) < tol)          # [F, J]

@@ -108,8 +108,13 @@ def salient_weights(clip, open_weight: str = "objects") -> torch.Tensor:
     weight = 1 + (OBJECT_WEIGHT - 1) * watched.float()
     if clip.decoys is not None:
         weight = weight + (DECOY_WEIGHT - 1) * (clip.decoys & clip.visible[:, None]).float()
-    weight = weight.view(-1, cfg.grid, cfg.grid)
-    return weight.repeat_interleave(2, -1).repeat_interleave(2, -2).unsqueeze(0)  # one cell = 2x2 latent pixels
+    return cells_to_latents(weight, cfg)
+
+
+def cells_to_latents(per_cell: torch.Tensor, cfg: WorldConfig) -> torch.Tensor:
+    """[F, cells] -> [1, F, h, w] in the latents' layout: one cell = 2x2 latent pixels."""
+    grid = per_cell.view(-1, cfg.grid, cfg.grid)
+    return grid.repeat_interleave(2, -1).repeat_interleave(2, -2).unsqueeze(0)
 
 
 def weighted_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -234,13 +239,11 @@ def teacher_forcing_forward(runner: WanChunkRunner, clean, noisy, t_noisy, ctx, 
 
 
 def own_rollout_unknowns(latents: torch.Tensor, clips, start: int) -> torch.Tensor:
-    """[B, 1, F, h, w] bool over the latents: ``situation.unknowable_cells`` of each free rollout, one cell =
-    2x2 latent pixels (the weights' layout)."""
+    """[B, 1, F, h, w] bool over the latents: ``situation.unknowable_cells`` of each free rollout, in the
+    weights' layout."""
     out = []
     for row, clip in zip(latents, clips):
-        cells = unknowable_cells(clip, decode_frames(row.cpu()), start)          # [F, cells]
-        grid = cells.view(-1, clip.cfg.grid, clip.cfg.grid)
-        out.append(grid.repeat_interleave(2, -1).repeat_interleave(2, -2).unsqueeze(0))
+        out.append(cells_to_latents(unknowable_cells(clip, decode_frames(row.cpu()), start), clip.cfg))
     return torch.stack(out)
 
 
