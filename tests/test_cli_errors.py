@@ -148,6 +148,10 @@ def test_world_train_missing_and_wrong_init(tmp_path):
                  "LOW,HIGH")
     one_sentence(run("-m", "pafu_lab.world.train", "student", "--out", out, "--situation-free-every", "2"),
                  "--situation-free-every needs situation steps")
+    one_sentence(run("-m", "pafu_lab.world.train", "student", "--out", out, "--situation-every", "1",
+                     "--situation-rule-targets"), "--situation-rule-targets needs free rollouts")
+    one_sentence(run("-m", "pafu_lab.world.train", "student", "--out", out, "--situation-every", "1",
+                     "--situation-policies", "fifo,pafu"), "pafu policy", "needs a head (--situation-head)")
     assert not os.path.exists(out)
 
 

@@ -9,10 +9,10 @@ from pafu_core.adapter import WanChunkRunner
 from pafu_core.policies import make_policy
 from pafu_core.schedule import SamplerConfig
 from pafu_core.world.scenes import RECALL
-from pafu_lab.world.situation import (chunk_of_frames, draw_situation, policy_rollout, situation_budget,
-                                     situation_masks, unknowable_cells)
-from pafu_lab.world.train import (Situation, _fresh_student, student_loss, teacher_forcing_mask, train,
-                                  whole_chunk_tail, world_batch)
+from pafu_lab.world.situation import (chunk_of_frames, draw_situation, policy_rollout, rule_frames,
+                                     situation_budget, situation_masks, unknowable_cells)
+from pafu_lab.world.train import (Situation, _fresh_student, own_rollout_targets, student_loss, teacher_forcing_mask,
+                                  train, whole_chunk_tail, world_batch)
 
 SAMPLER = SamplerConfig()
 
@@ -168,3 +168,46 @@ def test_an_object_the_rollouts_past_does_not_fix_weighs_nothing():
         expected = want.clone()
         expected[back:back_end, cell] = True
         assert torch.equal(got, expected)
+
+
+def test_rule_targets_return_an_object_as_the_rollout_last_drew_it():
+    """Drawn in another palette colour at its latest showing, an object returns in that colour, the world's change
+    within the appearance on top, and weighs again; drawn missing, it stays unknown and its target the world's."""
+    from pafu_core.world.codec import decode_frames, encode_frames
+    from pafu_core.world.scenes import OBJECT_COLORS
+    from pafu_lab.world.metrics import cell_colors
+    n = len(OBJECT_COLORS)
+    _, _, _, clips = world_batch(0, 4, 3, RECALL, 90, with_clips=True)
+    clip = next(c for c in clips if c.visible[0])
+    shown = clip.colors >= 0
+    target, unknown = rule_frames(clip, clip.frames, 1)
+    assert torch.equal(target, clip.frames) and torch.equal(unknown, unknowable_cells(clip, clip.frames, 1))
+
+    j = int(shown[0].float().argmax())                         # an object the start shows ...
+    end = int(shown[:, j].float().argmin())                    # ... the frame after its first appearance
+    back = end + int(shown[end:, j].float().argmax())          # its return
+    back_end = back + int(shown[back:, j].float().argmin())
+    cell = int(clip.positions[j])
+    drawn = (int(clip.colors[end - 1, j]) + 3) % n
+    frames = clip.frames.clone()
+    _paint_cell(frames[end - 1], cell, OBJECT_COLORS[drawn])
+    target, unknown = rule_frames(clip, frames, 1)
+    assert torch.equal(unknown, unknowable_cells(clip, clip.frames, 1))        # it weighs, as a right one does
+    got = cell_colors(target, RECALL)[back:back_end, cell]
+    want = OBJECT_COLORS[(clip.colors[back:back_end, j] - clip.colors[end - 1, j] + drawn) % n]
+    assert torch.allclose(got, want)
+    assert int(clip.colors[back_end - 1, j]) != int(clip.colors[back, j])      # the world changed it within
+    others = torch.ones(len(clip.frames), dtype=torch.bool)
+    others[back:back_end] = False
+    assert torch.equal(target[others], clip.frames[others])                    # nothing else moves
+
+    frames = clip.frames.clone()
+    _paint_cell(frames[end - 1], cell, torch.zeros(3))                         # drawn missing
+    target, unknown = rule_frames(clip, frames, 1)
+    assert torch.equal(target, clip.frames) and unknown[back:back_end, cell].all()
+
+    rows = torch.stack([encode_frames(clip.frames), encode_frames(frames)])
+    targets, unknown_lat = own_rollout_targets(rows, [clip, clip], 1, rule_targets=True)
+    assert targets.shape == rows.shape and unknown_lat.shape == (2, 1, *rows.shape[2:])
+    assert torch.allclose(decode_frames(targets[0]), clip.frames, atol=1e-5)
+    assert unknown_lat[1].sum() > unknown_lat[0].sum() and torch.equal(own_rollout_targets(rows, [clip, clip], 1)[1], unknown_lat)

@@ -33,6 +33,7 @@ from pafu_core.policies import make_policy
 from pafu_core.policy import Policy
 from pafu_core.sampler import sample_video
 from pafu_core.schedule import SamplerConfig
+from pafu_core.world.scenes import OBJECT_COLORS
 
 from .metrics import MATCH_TOLERANCE, cell_colors, object_mask
 
@@ -103,26 +104,71 @@ def policy_rollout(runner: WanChunkRunner, policy: Policy, budget: CacheBudget |
     return KeptSets(torch.stack(held), chunk_of_frame, res.latents)
 
 
-def unknowable_cells(clip, frames: torch.Tensor, start: int, tol: float = MATCH_TOLERANCE) -> torch.Tensor:
-    """[F, cells] bool: where a free rollout's past does not fix the world's frame, an object's cell at a frame
-    it shows in: a first appearance wholly after the ``start`` frames (the model's own invention is as valid),
-    or a return whose latest showing (the last frame of its previous appearance) ``frames`` [F, 3, H, W] drew
-    missing or in another colour than the world did there (the world's rule then fixes another colour)."""
-    cells = clip.positions
-    truth, got = cell_colors(clip.frames, clip.cfg)[:, cells], cell_colors(frames, clip.cfg)[:, cells]  # [F, J, 3]
-    drawn_right = object_mask(got) & ((got - truth).norm(dim=-1) < tol)          # [F, J]
-    drawn_right[:start] = True                                                  # given as they are
-    shown = clip.colors >= 0                                                    # [F, J]
-    out = torch.zeros(shown.shape[0], clip.cfg.cells, dtype=torch.bool)
-    known = torch.zeros(shown.shape[1], dtype=torch.bool)      # the current appearance follows from the past
-    last = torch.full((shown.shape[1],), -1)                   # last frame each object showed in, so far
-    for t in range(shown.shape[0]):                            # frames, vectorised over the objects
+def rule_colors(clip, frames: torch.Tensor, start: int, follow_drawn: bool = True,
+                tol: float = MATCH_TOLERANCE) -> torch.Tensor:
+    """[F, J] long: the palette colour each object must show, frame by frame, by the world's rules applied to a
+    free rollout's past ``frames`` [F, 3, H, W]: an appearance goes on from the colour the rollout drew at the
+    object's latest showing (the last frame of its previous appearance), the world's change within it on top.
+    -1 where the object does not show or that past fixes nothing: a first appearance wholly after the ``start``
+    frames (the model's own invention is as valid), a latest showing drawn missing or off the palette, or, unless
+    ``follow_drawn``, drawn in another colour than the world's (the world's own colour then does not follow)."""
+    n = len(OBJECT_COLORS)
+    got = cell_colors(frames, clip.cfg)[:, clip.positions]                          # [F, J, 3]
+    near, drawn = torch.cdist(got, OBJECT_COLORS.to(got)).min(-1)                   # nearest palette colour
+    drawn = torch.where(object_mask(got) & (near < tol), drawn, -1)
+    drawn[:start] = clip.colors[:start]                                             # given as they are
+    if not follow_drawn:
+        drawn = torch.where(drawn == clip.colors, drawn, -1)
+    shown = clip.colors >= 0                                                        # [F, J]
+    objects = torch.arange(shown.shape[1])
+    out = torch.full_like(clip.colors, -1)
+    shift = torch.zeros_like(objects)          # the current appearance's colour, against the world's
+    known = torch.zeros_like(objects, dtype=torch.bool)
+    last = torch.full_like(objects, -1)        # last frame each object showed in, so far
+    for t in range(shown.shape[0]):            # frames, vectorised over the objects
         begins = shown[t] & (torch.ones_like(known) if t == 0 else ~shown[t - 1])
-        ref_right = drawn_right[last.clamp(min=0), torch.arange(len(last))] & (last >= 0)
-        known = torch.where(begins, (t < start) | ref_right, known)
-        out[t, cells] = shown[t] & ~known
+        ref = drawn[last.clamp(min=0), objects]
+        follows = (last >= 0) & (ref >= 0)
+        known = torch.where(begins, (t < start) | follows, known)
+        shift = torch.where(begins & (t >= start), (ref - clip.colors[last.clamp(min=0), objects]) % n,
+                            torch.where(begins, 0, shift))
+        out[t] = torch.where(shown[t] & known, (clip.colors[t] + shift) % n, -1)
         last = torch.where(shown[t], t, last)
     return out
+
+
+def _object_cells(clip, per_object: torch.Tensor) -> torch.Tensor:
+    out = torch.zeros(per_object.shape[0], clip.cfg.cells, dtype=torch.bool)
+    out[:, clip.positions] = per_object
+    return out
+
+
+def _cells_to_pixels(per_cell: torch.Tensor, cfg) -> torch.Tensor:
+    """[F, cells, ...] -> [F, H, W, ...]: each cell's value over its pixels."""
+    grid = per_cell.unflatten(1, (cfg.grid, cfg.grid))
+    return grid.repeat_interleave(cfg.cell, 1).repeat_interleave(cfg.cell, 2)
+
+
+def unknowable_cells(clip, frames: torch.Tensor, start: int, tol: float = MATCH_TOLERANCE) -> torch.Tensor:
+    """[F, cells] bool: where a free rollout's past ``frames`` does not fix the world's frame, an object's cell at
+    a frame it shows in (``rule_colors`` without following the drawn colour): a first appearance after the
+    ``start`` frames, or a return whose latest showing the rollout drew missing or in another colour."""
+    return _object_cells(clip, (clip.colors >= 0) & (rule_colors(clip, frames, start, False, tol) < 0))
+
+
+def rule_frames(clip, frames: torch.Tensor, start: int, tol: float = MATCH_TOLERANCE):
+    """(target frames [F, 3, H, W], unknown [F, cells] bool): the world's frames with every object recoloured as
+    ``rule_colors`` says the rollout's past makes it, and the cells that past does not fix (drawn missing,
+    off the palette, or first shown after ``start``). The video learns to stay what it showed, not the world."""
+    cfg = clip.cfg
+    rule = rule_colors(clip, frames, start, True, tol)
+    recolour = (rule >= 0) & (rule != clip.colors)                                  # [F, J]
+    colors = cell_colors(clip.frames, cfg)                                          # [F, cells, 3]
+    colors[:, clip.positions] = torch.where(recolour[..., None], OBJECT_COLORS[rule.clamp(min=0)].to(colors),
+                                            colors[:, clip.positions])
+    painted = _cells_to_pixels(colors, cfg).permute(0, 3, 1, 2)                     # [F, 3, H, W]
+    target = torch.where(_cells_to_pixels(_object_cells(clip, recolour), cfg)[:, None], painted, clip.frames)
+    return target, _object_cells(clip, (clip.colors >= 0) & (rule < 0))
 
 
 def situation_masks(kept: KeptSets, tokens_per_frame: int) -> torch.Tensor:

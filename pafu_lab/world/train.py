@@ -42,7 +42,7 @@ from pafu_core.world.codec import decode_frames, encode_frames
 from pafu_core.world.scenes import DEFAULT_WORLD, WORLDS, WorldConfig, render_clip
 
 from .situation import (BUDGET_RANGE, SITUATION_POLICIES, build_policy, draw_situation, policy_rollout,
-                        situation_budget, situation_masks, unknowable_cells)
+                        rule_frames, situation_budget, situation_masks, unknowable_cells)
 
 TINY_WAN = WanConfig(dim=128, ffn_dim=384, num_heads=1, num_layers=4)
 MAX_OFFSET = 10 * DEFAULT_WORLD.clip_frames        # demo length: 10x the training clip
@@ -238,13 +238,21 @@ def teacher_forcing_forward(runner: WanChunkRunner, clean, noisy, t_noisy, ctx, 
     return runner.unpatchify(runner.final_head(x[:, n:], e[:, f:], tail), grid_n)
 
 
-def own_rollout_unknowns(latents: torch.Tensor, clips, start: int) -> torch.Tensor:
-    """[B, 1, F, h, w] bool over the latents: ``situation.unknowable_cells`` of each free rollout, in the
-    weights' layout."""
-    out = []
+def own_rollout_targets(latents: torch.Tensor, clips, start: int, rule_targets: bool = False):
+    """What a free rollout's step trains against: (targets [B, 16, F, h, w] or None, unknown [B, 1, F, h, w] bool
+    in the weights' layout). Without ``rule_targets`` the targets stay the world's latents and the unknown cells
+    are ``situation.unknowable_cells``; with them, ``situation.rule_frames``: an object the rollout drew in another
+    colour returns in that colour, and only what its past cannot fix at all is unknown."""
+    targets, unknown = [], []
     for row, clip in zip(latents, clips):
-        out.append(cells_to_latents(unknowable_cells(clip, decode_frames(row.cpu()), start), clip.cfg))
-    return torch.stack(out)
+        frames = decode_frames(row.cpu())
+        if rule_targets:
+            target, cells = rule_frames(clip, frames, start)
+            targets.append(encode_frames(target))
+        else:
+            cells = unknowable_cells(clip, frames, start)
+        unknown.append(cells_to_latents(cells, clip.cfg))
+    return (torch.stack(targets) if rule_targets else None), torch.stack(unknown)
 
 
 def save_model(model: WanDiT, path: str, meta: dict) -> None:
@@ -262,7 +270,9 @@ class Situation:
     """Student steps trained in the situation of inference (``situation.py``): every ``every``-th step's past is
     what a policy drawn from ``policies`` kept at a budget drawn uniformly from ``budgets`` (fractions of the
     world's clip; 0: never); ``head`` serves the ``pafu`` policy. Every ``free_every``-th of those steps rolls
-    out freely from the world's first ``free_from`` frames (0: all watched): its past is the student's own."""
+    out freely from the world's first ``free_from`` frames (0: all watched): its past is the student's own, and with
+    ``rule_targets`` an object the rollout drew in another colour returns in that colour (the world's rule applied
+    to the rollout's past) instead of weighing nothing."""
 
     every: int = 0
     policies: tuple[str, ...] = SITUATION_POLICIES
@@ -270,6 +280,7 @@ class Situation:
     budgets: tuple[float, float] = BUDGET_RANGE
     free_every: int = 0
     free_from: int = 1
+    rule_targets: bool = False
 
     def __post_init__(self):
         lo, hi = self.budgets
@@ -279,11 +290,13 @@ class Situation:
             raise ValueError("--situation-free-every needs situation steps (--situation-every)")
         if self.free_every and self.free_from < 1:
             raise ValueError("a free rollout starts from at least the world's first frame (--situation-free-from 1)")
+        if self.rule_targets and not self.free_every:
+            raise ValueError("--situation-rule-targets needs free rollouts (--situation-free-every)")
+        if "pafu" in self.policies and self.every and self.head is None:
+            raise ValueError("the pafu policy in the situation mixture needs a head (--situation-head)")
 
     def is_free(self, step: int) -> bool:
         return bool(self.free_every) and step % (self.every * self.free_every) == 0
-        if "pafu" in self.policies and self.every and self.head is None:
-            raise ValueError("the pafu policy in the situation mixture needs a head (--situation-head)")
 
 
 def save_checkpoint(path: str, model: WanDiT, opt, sched, step: int, gen: torch.Generator, meta: dict) -> None:
@@ -363,7 +376,8 @@ def train(kind: str, steps: int, batch: int, lr: float, seed: int, device: str, 
                          "head": os.path.basename(situation.head) if situation.head else None,
                          "budgets": list(situation.budgets),
                          **({"free_every": situation.free_every, "free_from": situation.free_from}
-                            if situation.free_every else {})},
+                            if situation.free_every else {}),
+                         **({"rule_targets": True} if situation.rule_targets else {})},
            "runs": [], "history": []}
     first = 0
     if resume:
@@ -403,7 +417,10 @@ def train(kind: str, steps: int, batch: int, lr: float, seed: int, device: str, 
                 masks = situation_masks(kept, runner.tokens_per_frame(*lat.shape[-2:]))
                 if free:            # its own past; an object it cannot know from that past weighs nothing
                     past, chunks = kept.latents, kept.chunk_of_frame
-                    weights = weights * ~own_rollout_unknowns(kept.latents, clips, free).to(device)
+                    targets, unknown = own_rollout_targets(kept.latents, clips, free, situation.rule_targets)
+                    weights = weights * ~unknown.to(device)
+                    if targets is not None:
+                        lat = targets.to(device)
             own = own_context > 0 and step % own_context == 0
             loss = student_loss(runner, lat, ctx, weights, gen, device, sampler, modes[step % len(modes)], own,
                                 masks=masks, tail=tail, past=past, chunk_of_frame=chunks)
@@ -476,6 +493,10 @@ def main(argv=None) -> None:
                         "watching (own-rollout context; 0: never)")
     p.add_argument("--situation-free-from", type=positive_int, default=1,
                    help="the world's first latent frames a free rollout starts from (default 1, as free generation)")
+    p.add_argument("--situation-rule-targets", action="store_true",
+                   help="in a free rollout's step, an object whose latest showing the rollout drew in another colour "
+                        "returns in that colour (the world's rule on the rollout's own past) instead of weighing "
+                        "nothing")
     p.add_argument("--checkpoint", default=None,
                    help="write the run's state here every --save-every steps and at the end (for --resume)")
     p.add_argument("--save-every", type=positive_int, default=100)
@@ -502,7 +523,8 @@ def main(argv=None) -> None:
             p.error(f"--situation-budgets {low:g} for {name}: {err}")
     try:
         situation = Situation(args.situation_every, tuple(args.situation_policies), args.situation_head,
-                              tuple(args.situation_budgets), args.situation_free_every, args.situation_free_from)
+                              tuple(args.situation_budgets), args.situation_free_every, args.situation_free_from,
+                              args.situation_rule_targets)
     except ValueError as err:
         p.error(str(err))
     meta = train(args.kind, args.steps, args.batch, args.lr, args.seed, args.device, args.out, args.init,
