@@ -18,7 +18,9 @@ under the per-frame schedule: the clean copies then hold the student's own past,
 generates. The targets stay the world's frames wherever the world's rules make them follow from that past
 (the curtain as scheduled, the backdrop, an object whose latest showing the rollout drew right); an
 object's cells weigh nothing where they cannot (``unknowable_cells``: a first appearance after the start,
-or a return whose latest showing the rollout drew wrong or left out).
+or a return whose latest showing the rollout drew wrong or left out). With rule targets (``rule_frames``) a
+return whose latest showing the rollout drew in another palette colour is no longer unknown: the world's rule
+applied to that past makes it come back in the colour drawn, so free steps teach memory of the video's own past.
 """
 
 from __future__ import annotations
