@@ -152,6 +152,10 @@ def test_world_train_missing_and_wrong_init(tmp_path):
                      "--situation-rule-targets"), "--situation-rule-targets needs free rollouts")
     one_sentence(run("-m", "pafu_lab.world.train", "student", "--out", out, "--situation-every", "1",
                      "--situation-policies", "fifo,pafu"), "pafu policy", "needs a head (--situation-head)")
+    one_sentence(run("-m", "pafu_lab.world.train", "student", "--out", out, "--layers", "6"),
+                 "--layers grows a trained model", "--init")
+    one_sentence(run("-m", "pafu_lab.world.train", "student", "--out", out, "--layers", "3", "--init",
+                     "pafu_lab/assets/recall/pafu_recall_student.safetensors"), "--layers 3 is fewer than the 4 blocks")
     assert not os.path.exists(out)
 
 

@@ -475,3 +475,27 @@ def test_free_generation_timeline_leaves_out_the_openings_of_a_group_the_start_d
     _paint(behind, [closed], int(known.nonzero()[0]), OBJECT_COLORS[1], RECALL)
     scored = int((~clip.visible).sum() + (clip.visible & ~other).sum()) - 1
     assert timeline_fidelity(behind, clip, 1) == pytest.approx(1 - 1 / scored)
+
+
+def test_a_grown_student_computes_what_it_grew_from_until_it_trains(tmp_path):
+    """More capacity from trained weights: appended blocks start as identities (same output to float rounding),
+    still train (their output projections get gradients), and a grown run's file loads with its new depth."""
+    from pafu_core.wan import load_wan_checkpoint
+    from pafu_lab.world.train import _fresh_student, grow_layers, train
+    small = _fresh_student(3).eval()
+    big = grow_layers(small, 6, seed=1).eval()
+    assert big.config.num_layers == 6 and len(big.blocks) == 6
+    gen = torch.Generator().manual_seed(0)
+    x, ctx = torch.randn(1, 16, 3, 8, 8, generator=gen), torch.randn(1, 5, 4096, generator=gen)
+    t = torch.full((1,), 400.0)
+    with torch.no_grad():
+        assert torch.allclose(big(x, t, ctx), small(x, t, ctx), atol=1e-5)
+    big.train()
+    big(x, t, ctx).square().mean().backward()
+    assert big.blocks[5].ffn[2].weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="fewer than the 4 blocks"):
+        grow_layers(small, 3)
+    init, out = str(tmp_path / "s.safetensors"), str(tmp_path / "g.safetensors")
+    train("student", steps=1, batch=1, lr=1e-3, seed=0, device="cpu", out=init, log_every=1)
+    meta = train("student", steps=1, batch=1, lr=1e-3, seed=0, device="cpu", out=out, init=init, log_every=1, layers=5)
+    assert meta["layers"] == 5 and load_wan_checkpoint(out).config.num_layers == 5

@@ -27,7 +27,7 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from tqdm.auto import tqdm
@@ -338,6 +338,23 @@ def load_checkpoint(path: str, model: WanDiT, opt, sched, gen: torch.Generator) 
     return int(info["step"]), info["run"]
 
 
+def grow_layers(model: WanDiT, layers: int, seed: int = 0) -> WanDiT:
+    """``model`` with blocks appended up to ``layers`` (more capacity from trained weights): each new block starts
+    as an identity (its self-attention, cross-attention and FFN outputs zeroed, its inputs random), so the grown
+    model computes exactly what ``model`` did until training moves it."""
+    have = model.config.num_layers
+    if layers < have:
+        raise ValueError(f"--layers {layers} is fewer than the {have} blocks of the --init model (growing only adds)")
+    grown = init_weights_(WanDiT(replace(model.config, num_layers=layers)), seed=seed)
+    grown.load_state_dict(model.state_dict(), strict=False)                  # every old block, embedding, head
+    with torch.no_grad():
+        for blk in grown.blocks[have:]:
+            for out in (blk.self_attn.o, blk.cross_attn.o, blk.ffn[2]):
+                out.weight.zero_()
+                out.bias.zero_()
+    return grown.to(next(model.parameters()).dtype)
+
+
 def _fresh_student(seed: int) -> WanDiT:
     model = init_weights_(WanDiT(TINY_WAN), seed=seed)
     with torch.no_grad():      # start as a near-identity residual stack (stable small-data training)
@@ -353,12 +370,15 @@ def train(kind: str, steps: int, batch: int, lr: float, seed: int, device: str, 
           init: str | None = None, log_every: int = 50, own_context: int = 0, world: WorldConfig = DEFAULT_WORLD,
           frames: int | None = None, views: tuple[str, ...] = PAST_VIEWS, open_weight: str = "objects",
           situation: Situation = Situation(), checkpoint: str | None = None, resume: str | None = None,
-          save_every: int = 100, max_minutes: float | None = None, tail: int | None = None) -> dict:
+          save_every: int = 100, max_minutes: float | None = None, tail: int | None = None,
+          layers: int | None = None) -> dict:
     """Train ``steps`` steps (or go on from ``resume``, a ``checkpoint`` an earlier run of the same command
     wrote); stops early, checkpoint and weights written, after ``max_minutes``. Returns the run's metadata."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     model = load_wan_checkpoint(init) if init else _fresh_student(seed)
+    if layers is not None:
+        model = grow_layers(model, layers, seed)
     model = model.to(device).train()
     runner = WanChunkRunner(model, dtype=torch.float32)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
@@ -379,12 +399,14 @@ def train(kind: str, steps: int, batch: int, lr: float, seed: int, device: str, 
                             if situation.free_every else {}),
                          **({"rule_targets": True} if situation.rule_targets else {})},
            "runs": [], "history": []}
+    if layers is not None:
+        run["layers"] = layers
     first = 0
     if resume:
         first, earlier = load_checkpoint(resume, model, opt, sched, gen)
         fixed = ("kind", "steps", "batch", "lr", "seed", "own_context", "frames", "tail", "views", "open_weight",
-                 "situation")
-        changed = [k for k in fixed if json.dumps(earlier.get(k), sort_keys=True) != json.dumps(run[k], sort_keys=True)]
+                 "situation", "layers")
+        changed = [k for k in fixed if json.dumps(earlier.get(k), sort_keys=True) != json.dumps(run.get(k), sort_keys=True)]
         if changed:
             raise ValueError(f"--resume {resume} was written by a run with other {', '.join(changed)}; resume with "
                              "the command that wrote it (only --max-minutes, --checkpoint and --out may differ)")
@@ -465,6 +487,9 @@ def main(argv=None) -> None:
     p.add_argument("--init", type=existing_file, help="checkpoint to start from (the student starts from the teacher)")
     p.add_argument("--own-context", type=nonneg_int, default=0,
                    help="every N-th student step conditions on the model's own chunk estimates (0: never)")
+    p.add_argument("--layers", type=positive_int, default=None,
+                   help="grow the --init model to this many blocks, the new ones appended as identities (more "
+                        "capacity from trained weights; default: as --init)")
     p.add_argument("--world", choices=sorted(WORLDS), default=DEFAULT_WORLD.name)
     p.add_argument("--frames", type=positive_int, default=None,
                    help="training clip length in latent frames (default: the world's clip; budgets keep that reference)")
@@ -510,7 +535,11 @@ def main(argv=None) -> None:
     if args.checkpoint:
         output_file(args.checkpoint, "--checkpoint")
     if args.init:                   # a wrong file is refused before any training step
-        load_wan_checkpoint(args.init)
+        have = load_wan_checkpoint(args.init).config.num_layers
+        if args.layers is not None and args.layers < have:
+            p.error(f"--layers {args.layers} is fewer than the {have} blocks of --init {args.init} (growing only adds)")
+    elif args.layers is not None:
+        p.error("--layers grows a trained model: give it --init")
     if len(args.situation_budgets) != 2:
         p.error(f"--situation-budgets takes two fractions, LOW,HIGH (got {len(args.situation_budgets)})")
     world = WORLDS[args.world]
@@ -530,7 +559,7 @@ def main(argv=None) -> None:
     meta = train(args.kind, args.steps, args.batch, args.lr, args.seed, args.device, args.out, args.init,
                  own_context=args.own_context, world=world, frames=args.frames, views=tuple(args.views),
                  open_weight=args.open_weight, situation=situation, checkpoint=args.checkpoint, resume=args.resume,
-                 save_every=args.save_every, max_minutes=args.max_minutes, tail=args.tail_frames)
+                 save_every=args.save_every, max_minutes=args.max_minutes, tail=args.tail_frames, layers=args.layers)
     print(json.dumps({k: v for k, v in meta.items() if k != "history"}, indent=1))
 
 
