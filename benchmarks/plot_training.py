@@ -6,7 +6,8 @@
 Every run of ``python -m pafu_lab.world.train`` writes its loss history (the mean loss of every
 ``log_every`` steps), its minutes and its recipe into the weights it saves. The runs are given in chain
 order (each one's ``--init`` the one before); each curve starts where the one before it ended, so the
-chart reads as one training. Losses of runs on different clips (42 frames, 108 frames through a tail)
+chart reads as one training. A run whose ``--init`` is another given file (by its name) starts where that one
+ended instead: branches from one run (D2 and E2 from C2) start together. ``LABEL=path`` names a curve. Losses of runs on different clips (42 frames, 108 frames through a tail)
 are not the same quantity: the chart labels each run, and the table prints what each run trained on.
 """
 
@@ -41,18 +42,35 @@ def minutes(record: dict) -> float:
     return round(sum(r["minutes"] for r in record.get("runs", [])), 1)
 
 
+def labelled_file(text: str) -> tuple[str, str]:
+    """``LABEL=path`` or ``path`` (labelled by its name) -> (label, path); the file must exist."""
+    label, _, path = text.rpartition("=")
+    path = existing_file(path)
+    return label or os.path.splitext(os.path.basename(path))[0], path
+
+
+def start_steps(runs: list[tuple[str, dict, str]]) -> list[int]:
+    """The chained step each run's curve starts at: where its ``--init`` ended when that is a given file, else
+    where the run before it ended."""
+    ends, offset, out = {}, 0, []
+    for _, rec, path in runs:
+        offset = ends.get(rec.get("init"), offset)
+        out.append(offset)
+        offset += rec["step"]
+        ends[os.path.basename(path)] = offset
+    return out
+
+
 def render(runs: list[tuple[str, dict]], out: str) -> None:
     import matplotlib
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(9, 4.2), dpi=100)
-    offset = 0
-    for name, rec in runs:
+    for (name, rec, _), offset in zip(runs, start_steps(runs)):
         steps, losses = zip(*rec["history"])
         ax.plot([offset + s for s in steps], losses, label=f"{name}: {rec['frames']} frames"
                 + (f", tail {rec['tail']}" if rec.get("tail") else "") + f", {minutes(rec)} min")
-        offset += rec["step"]
-        ax.axvline(offset, color="0.8", lw=0.8)
+        ax.axvline(offset + rec["step"], color="0.8", lw=0.8)
     ax.set_xlabel("step (chained)")
     ax.set_ylabel("training loss (mean of each logged window)")
     ax.set_yscale("log")
@@ -66,13 +84,14 @@ def render(runs: list[tuple[str, dict]], out: str) -> None:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("weights", nargs="+", type=existing_file, help="the runs' weights, in chain order")
+    p.add_argument("weights", nargs="+", type=labelled_file,
+                   help="the runs' weights ([LABEL=]path), in chain order: each after the run it started from")
     p.add_argument("--out", default="out/training_curves.png")
     args = p.parse_args(argv)
-    runs = [(os.path.splitext(os.path.basename(w))[0], run_record(w)) for w in args.weights]
+    runs = [(label, run_record(path), path) for label, path in args.weights]
     print("| run | init | frames | tail | steps | batch | lr | seed | minutes | first loss | final loss |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for name, rec in runs:
+    for name, rec, _ in runs:
         print(f"| {name} | {rec.get('init')} | {rec['frames']} | {rec.get('tail') or '-'} | {rec['step']} | "
               f"{rec['batch']} | {rec['lr']} | {rec['seed']} | {minutes(rec)} | "
               f"{rec['history'][0][1]:.4f} | {rec['history'][-1][1]:.4f} |")

@@ -33,7 +33,7 @@ def test_training_curves_chain_the_runs_and_refuse_weights_without_a_record(tmp_
     import torch
     from safetensors.torch import save_file
 
-    from benchmarks.plot_training import main, run_record
+    from benchmarks.plot_training import main, run_record, start_steps
 
     def weights(name, record):
         path = str(tmp_path / f"{name}.safetensors")
@@ -51,6 +51,12 @@ def test_training_curves_chain_the_runs_and_refuse_weights_without_a_record(tmp_
     assert "| A | None | 42 | - | 100 | 8 | 0.0004 | 21 | 3.5 | 0.2000 | 0.1000 |" in table  # resumed minutes add up
     assert "| B | A.safetensors | 108 | 42 | 50 |" in table
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    third = weights("C", {"frames": 108, "tail": 42, "step": 30, "batch": 4, "lr": 2e-4, "seed": 23,
+                          "init": "A.safetensors", "runs": [{"minutes": 1.0}], "history": [[30, 0.2]]})
+    runs = [(n, run_record(p), p) for n, p in (("A", first), ("B", second), ("C", third))]
+    assert start_steps(runs) == [0, 100, 100]                  # C branches from A as B does, not after B
+    main([first, f"branch={third}", "--out", str(out)])
+    assert "| branch | A.safetensors |" in capsys.readouterr().out
     with pytest.raises(ValueError, match="no training record"):
         run_record(weights("bare", None))
     with pytest.raises(ValueError, match="no curve"):
