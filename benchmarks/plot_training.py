@@ -8,7 +8,8 @@ Every run of ``python -m pafu_lab.world.train`` writes its loss history (the mea
 order (each one's ``--init`` the one before); each curve starts where the one before it ended, so the
 chart reads as one training. A run whose ``--init`` is another given file (by its name) starts where that one
 ended instead: branches from one run (D2 and E2 from C2) start together. ``LABEL=path`` names a curve. Losses of runs on different clips (42 frames, 108 frames through a tail)
-are not the same quantity: the chart labels each run, and the table prints what each run trained on.
+are not the same quantity, nor losses under other weights (``--open-weight``): the chart labels each run
+with both, and the table prints what each run trained on.
 """
 
 from __future__ import annotations
@@ -69,7 +70,8 @@ def render(runs: list[tuple[str, dict]], out: str) -> None:
     for (name, rec, _), offset in zip(runs, start_steps(runs)):
         steps, losses = zip(*rec["history"])
         ax.plot([offset + s for s in steps], losses, label=f"{name}: {rec['frames']} frames"
-                + (f", tail {rec['tail']}" if rec.get("tail") else "") + f", {minutes(rec)} min")
+                + (f", tail {rec['tail']}" if rec.get("tail") else "")
+                + (f", weights: {rec['open_weight']}" if rec.get("open_weight") else "") + f", {minutes(rec)} min")
         ax.axvline(offset + rec["step"], color="0.8", lw=0.8)
     ax.set_xlabel("step (chained)")
     ax.set_ylabel("training loss (mean of each logged window)")
