@@ -7,9 +7,10 @@ Every run of ``python -m pafu_lab.world.train`` writes its loss history (the mea
 ``log_every`` steps), its minutes and its recipe into the weights it saves. The runs are given in chain
 order (each one's ``--init`` the one before); each curve starts where the one before it ended, so the
 chart reads as one training. A run whose ``--init`` is another given file (by its name) starts where that one
-ended instead: branches from one run (D2 and E2 from C2) start together. ``LABEL=path`` names a curve. Losses of runs on different clips (42 frames, 108 frames through a tail)
-are not the same quantity, nor losses under other weights (``--open-weight``): the chart labels each run
-with both, and the table prints what each run trained on.
+ended instead: branches from one run (D2 and E2 from C2) start together. ``LABEL=path`` names a curve.
+Losses of runs on different clips (42 frames, 108 frames through a tail) are not the same quantity, nor
+losses under other weights (``--open-weight``): the chart labels each run with both, and the table prints
+what each run trained on.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ def start_steps(runs: list[tuple[str, dict, str]]) -> list[int]:
     return out
 
 
-def render(runs: list[tuple[str, dict]], out: str) -> None:
+def render(runs: list[tuple[str, dict, str]], out: str) -> None:
     import matplotlib
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
