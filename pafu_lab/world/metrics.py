@@ -32,6 +32,13 @@ def cell_colors(frames: torch.Tensor, cfg: WorldConfig = DEFAULT_WORLD) -> torch
     return F.avg_pool2d(frames, cfg.cell).flatten(2).transpose(1, 2)
 
 
+def cells_to_grid(per_cell: torch.Tensor, cfg: WorldConfig, scale: int) -> torch.Tensor:
+    """[F, cells, ...] -> [F, grid * scale, grid * scale, ...]: each cell's value over its ``scale`` x ``scale``
+    square (``cfg.cell`` for frames' pixels, 2 for latents'); undoes ``cell_colors``' pooling."""
+    grid = per_cell.unflatten(1, (cfg.grid, cfg.grid))
+    return grid.repeat_interleave(scale, 1).repeat_interleave(scale, 2)
+
+
 def object_mask(colors: torch.Tensor) -> torch.Tensor:
     """[F, cells, 3] -> [F, cells] bool: the cell shows an object (a saturated colour)."""
     return (colors.amax(-1) - colors.amin(-1)) > OBJECT_SPREAD

@@ -37,7 +37,7 @@ from pafu_core.sampler import sample_video
 from pafu_core.schedule import SamplerConfig
 from pafu_core.world.scenes import OBJECT_COLORS
 
-from .metrics import MATCH_TOLERANCE, cell_colors, object_mask
+from .metrics import MATCH_TOLERANCE, cell_colors, cells_to_grid, object_mask
 
 #: the policies a step may draw (names of pafu_core's registry, or the world oracle); ``pafu`` needs a head
 SITUATION_POLICIES = ("oracle_world", "oracle_openings", "fifo", "sink_window", "standout", "random", "keep_all", "pafu")
@@ -132,8 +132,8 @@ def rule_colors(clip, frames: torch.Tensor, start: int, follow_drawn: bool = Tru
         ref = drawn[last.clamp(min=0), objects]
         follows = (last >= 0) & (ref >= 0)
         known = torch.where(begins, (t < start) | follows, known)
-        shift = torch.where(begins & (t >= start), (ref - clip.colors[last.clamp(min=0), objects]) % n,
-                            torch.where(begins, 0, shift))
+        # within the start ``drawn`` is the world's colour, so the shift is 0 there
+        shift = torch.where(begins, (ref - clip.colors[last.clamp(min=0), objects]) % n, shift)
         out[t] = torch.where(shown[t] & known, (clip.colors[t] + shift) % n, -1)
         last = torch.where(shown[t], t, last)
     return out
@@ -143,12 +143,6 @@ def _object_cells(clip, per_object: torch.Tensor) -> torch.Tensor:
     out = torch.zeros(per_object.shape[0], clip.cfg.cells, dtype=torch.bool)
     out[:, clip.positions] = per_object
     return out
-
-
-def _cells_to_pixels(per_cell: torch.Tensor, cfg) -> torch.Tensor:
-    """[F, cells, ...] -> [F, H, W, ...]: each cell's value over its pixels."""
-    grid = per_cell.unflatten(1, (cfg.grid, cfg.grid))
-    return grid.repeat_interleave(cfg.cell, 1).repeat_interleave(cfg.cell, 2)
 
 
 def unknowable_cells(clip, frames: torch.Tensor, start: int, tol: float = MATCH_TOLERANCE) -> torch.Tensor:
@@ -168,8 +162,8 @@ def rule_frames(clip, frames: torch.Tensor, start: int, tol: float = MATCH_TOLER
     colors = cell_colors(clip.frames, cfg)                                          # [F, cells, 3]
     colors[:, clip.positions] = torch.where(recolour[..., None], OBJECT_COLORS[rule.clamp(min=0)].to(colors),
                                             colors[:, clip.positions])
-    painted = _cells_to_pixels(colors, cfg).permute(0, 3, 1, 2)                     # [F, 3, H, W]
-    target = torch.where(_cells_to_pixels(_object_cells(clip, recolour), cfg)[:, None], painted, clip.frames)
+    painted = cells_to_grid(colors, cfg, cfg.cell).permute(0, 3, 1, 2)                     # [F, 3, H, W]
+    target = torch.where(cells_to_grid(_object_cells(clip, recolour), cfg, cfg.cell)[:, None], painted, clip.frames)
     return target, _object_cells(clip, (clip.colors >= 0) & (rule < 0))
 
 

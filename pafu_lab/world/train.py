@@ -41,6 +41,7 @@ from pafu_core.wan import WanConfig, WanDiT, init_weights_, load_wan_checkpoint
 from pafu_core.world.codec import decode_frames, encode_frames
 from pafu_core.world.scenes import DEFAULT_WORLD, WORLDS, WorldConfig, render_clip
 
+from .metrics import cells_to_grid
 from .situation import (BUDGET_RANGE, SITUATION_POLICIES, build_policy, draw_situation, policy_rollout,
                         rule_frames, situation_budget, situation_masks, unknowable_cells)
 
@@ -113,8 +114,7 @@ def salient_weights(clip, open_weight: str = "objects") -> torch.Tensor:
 
 def cells_to_latents(per_cell: torch.Tensor, cfg: WorldConfig) -> torch.Tensor:
     """[F, cells] -> [1, F, h, w] in the latents' layout: one cell = 2x2 latent pixels."""
-    grid = per_cell.view(-1, cfg.grid, cfg.grid)
-    return grid.repeat_interleave(2, -1).repeat_interleave(2, -2).unsqueeze(0)
+    return cells_to_grid(per_cell, cfg, 2).unsqueeze(0)
 
 
 def weighted_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -535,9 +535,7 @@ def main(argv=None) -> None:
     if args.checkpoint:
         output_file(args.checkpoint, "--checkpoint")
     if args.init:                   # a wrong file is refused before any training step
-        have = load_wan_checkpoint(args.init).config.num_layers
-        if args.layers is not None and args.layers < have:
-            p.error(f"--layers {args.layers} is fewer than the {have} blocks of --init {args.init} (growing only adds)")
+        load_wan_checkpoint(args.init)  # (a --layers below its depth: grow_layers refuses it, before any step)
     elif args.layers is not None:
         p.error("--layers grows a trained model: give it --init")
     if len(args.situation_budgets) != 2:
