@@ -186,6 +186,11 @@ class PaFuSalience(EntryScored):
         self.scores_on_entry = not head.rescores
         self.state_channels = ("entry", "newer") if head.rescores else ("entry",)
 
+    def check_model(self, runner) -> None:
+        check = getattr(self.head, "check_backbone", None)    # a head file's; a scorer built in code has none
+        if check is not None:
+            check(runner)
+
     def entry_scores(self, layer, keys, values, hidden, tokens_per_frame) -> torch.Tensor:
         return self.head.entry_scores(layer, keys, values, hidden)
 

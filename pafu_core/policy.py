@@ -72,6 +72,9 @@ class Policy:
         """First frames the policy itself protects at this budget (beyond the budget's ``sink_frames``)."""
         return 0
 
+    def check_model(self, runner) -> None:
+        """Refuse, in one sentence, a model this policy cannot score (a learned head trained for another one)."""
+
     def enter(self, layer: int, entering: Entering, view) -> dict[str, torch.Tensor]:
         """One layer of the cache-writing pass -> new values of the policy's state channels: [B, S] for the
         entering tokens, or [B, N] for every live token (``view.end`` = N)."""

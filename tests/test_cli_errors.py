@@ -156,6 +156,11 @@ def test_world_train_missing_and_wrong_init(tmp_path):
                  "--layers grows a trained model", "--init")
     one_sentence(run("-m", "pafu_lab.world.train", "student", "--out", out, "--layers", "3", "--init",
                      "pafu_lab/assets/recall/pafu_recall_student.safetensors"), "--layers 3 is fewer than the 4 blocks")
+    one_sentence(run("-m", "pafu_lab.world.train", "student", "--out", out, "--layers", "6", "--init",
+                     "pafu_lab/assets/recall/pafu_recall_student.safetensors", "--situation-every", "1",
+                     "--situation-policies", "pafu", "--situation-head",
+                     "pafu_lab/assets/recall/pafu_recall_head.safetensors"),
+                 "does not fit this model", "num_layers is 4 in the head but 6 in the model")
     assert not os.path.exists(out)
 
 

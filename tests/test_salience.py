@@ -109,6 +109,18 @@ def test_head_for_another_backbone_is_refused(runner):
         other_depth.check_backbone(runner)
 
 
+def test_generation_refuses_a_head_of_another_depth_before_it_starts(runner, context):
+    deeper = SalienceHead(HeadConfig(num_layers=runner.num_layers + 2, dim=runner.dim, num_heads=runner.num_heads))
+    shallower = SalienceHead(HeadConfig(num_layers=runner.num_layers - 1, dim=runner.dim, num_heads=runner.num_heads))
+    for head, layers in ((deeper, runner.num_layers + 2), (shallower, runner.num_layers - 1)):
+        calls = []
+        with pytest.raises(ValueError, match=f"num_layers is {layers} in the head but {runner.num_layers}"):
+            sample_video(runner, context, num_frames=9, height=8, width=8, policy=PaFuSalience(head),
+                         budget=CacheBudget(4), config=SamplerConfig(chunk_frames=2),
+                         step_callback=lambda *a: calls.append(a))
+        assert not calls        # refused while planning: not one denoising step ran
+
+
 def test_truncated_file_refused(tmp_path, runner):
     path = tmp_path / "head.safetensors"
     save_head(tiny_head(runner), path)

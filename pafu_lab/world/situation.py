@@ -59,6 +59,9 @@ class _Recorder(Policy):
     def sink_frames_for(self, budget_tokens, tokens_per_frame, chunk_tokens):
         return self.inner.sink_frames_for(budget_tokens, tokens_per_frame, chunk_tokens)
 
+    def check_model(self, runner):
+        self.inner.check_model(runner)
+
     def enter(self, layer, entering, view):
         return self.inner.enter(layer, entering, view)
 

@@ -415,6 +415,7 @@ def train(kind: str, steps: int, batch: int, lr: float, seed: int, device: str, 
     if situation.every and "pafu" in situation.policies:
         from pafu_core.salience import load_head
         head = load_head(situation.head, device=device)
+        head.check_backbone(runner)     # e.g. a head of 4 layers for a student grown by --layers
     bar = tqdm(total=steps, initial=first, desc=f"train {kind}", mininterval=5)
     t0 = time.perf_counter()
     running, done = [], first
