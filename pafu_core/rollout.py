@@ -140,7 +140,8 @@ def plan_rollout(runner: WanChunkRunner, context, *, shape: tuple[int, ...], pol
     chunk_frames = min(config.chunk_frames, frames - given)
     prompts.check(frames, first=given, chunk_frames=chunk_frames)
     check_inputs(policy, runner.provides, runner.where, "choose another policy or head")
-    policy.check_model(runner)
+    if (check_model := getattr(policy, "check_model", None)) is not None:    # a duck-typed policy may lack it
+        check_model(runner)
     if policy.query_frames > chunk_frames:
         raise ValueError(f"the query window of {policy.query_frames} latent frames is larger than a chunk "
                          f"({chunk_frames} latent frames); set query_frames to at most {chunk_frames}")
