@@ -56,6 +56,10 @@ VARIANTS = {
     "monotone_age": dict(rollouts=56, heldout=8, steps=1200, rescore_steps=1200, age_form="monotone"),
     "superseded": dict(rollouts=56, heldout=8, steps=1200, rescore_steps=1200, sse_supersede=True),
     "long_clips": dict(rollouts=56, heldout=8, steps=1200, rescore_steps=1200, rollout_frames=144),
+    "long_superseded": dict(rollouts=56, heldout=8, steps=1200, rescore_steps=1200, rollout_frames=144,
+                            sse_supersede=True),
+    "long_half_superseded": dict(rollouts=56, heldout=8, steps=1200, rescore_steps=1200, rollout_frames=144,
+                                 sse_supersede=True, sse_supersede_share=0.5),
     "world_clips": dict(clips="world"),            # world clips instead of the student's rollouts (--no-watched)
 }
 
@@ -81,6 +85,8 @@ def main(argv=None):
                    help=f"comma-separated fractions of the {clip}")
     p.add_argument("--recency-sweep", type=list_of(nonneg_float), default=None,
                    help="comma-separated recency terms: score the first variant's head with each (same weights)")
+    p.add_argument("--head-seed", type=int, default=BASE["seed"],
+                   help="seed of every head's distillation (its init and batches): rerun with another to see the spread")
     p.add_argument("--watched", action=argparse.BooleanOptionalAction, default=True,
                    help="the benchmark's setting: the model watches the world, so every head learns from world clips")
     p.add_argument("--world", choices=sorted(WORLDS), default=DEFAULT_WORLD.name,
@@ -97,7 +103,7 @@ def main(argv=None):
     rollouts = os.path.join(args.out, "rollouts.safetensors")
     heads = {}
     for name in dict.fromkeys(args.variants):
-        fields = dict(BASE, student=args.student, **VARIANTS[name])
+        fields = dict(BASE, student=args.student, seed=args.head_seed, **VARIANTS[name])
         if fields.get("clips") == "world" or args.watched:
             path = os.path.join(args.out, f"world_clips_{fields['rollouts']}x{fields['rollout_frames']}.safetensors")
             if not os.path.exists(path):

@@ -72,18 +72,20 @@ def test_targets_at_a_commit_are_use_by_later_blocks():
 
 
 
-def test_superseded_targets_credit_only_use_beyond_newer_views_of_the_place():
+@pytest.mark.parametrize("share", [1.0, 0.5])
+def test_superseded_targets_credit_only_use_beyond_newer_views_of_the_place(share):
     tpf, fb = 3, 2
     q, k, blocks, use = one_layer_use(1, tpf=tpf, fb=fb)
     from pafu_core.distill.targets import SalienceTargets
     res = SalienceTargets(use=use, blocks=blocks, regions=regions_from_use(use, blocks, 1),
                           present=region_presence(blocks, 1), targets=None, tokens_per_frame=tpf,
-                          config=SSEConfig(block_frames=fb, weights=(0.0, 0.0, 1.0), supersede=True))
+                          config=SSEConfig(block_frames=fb, weights=(0.0, 0.0, 1.0), supersede=True,
+                                           supersede_share=share))
     p = probs_of(q, k)
     for t in (1, 2):
         live = int((blocks <= t).sum())              # the committed block t is in the cache too
         raw = torch.stack([p[0, :, blocks > t, j].amax(dim=1).mean() for j in range(live)]).float()
-        beyond = torch.stack([raw[j] - max([float(raw[i]) for i in range(j + 1, live) if i % tpf == j % tpf] + [0.0])
+        beyond = torch.stack([raw[j] - share * max([float(raw[i]) for i in range(j + 1, live) if i % tpf == j % tpf] + [0.0])
                               for j in range(live)]).clamp_min(0)
         n_t = int((blocks < t).sum())
         assert torch.allclose(res.at_commit(t)[0, 0], beyond[:n_t] / beyond[:n_t].max(), atol=1e-5), t

@@ -44,6 +44,7 @@ class DistillConfig:
     sse_source: str = "teacher_clean"
     sse_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
     sse_supersede: bool = False        # re-scoring targets: a newer view at a place takes over its use (targets.py)
+    sse_supersede_share: float = 1.0   # the share of the newer view's use it takes over
     horizon_frames: int = 0            # re-scoring: commits need this many frames after them (0: a third of the clip)
     feature_tokens: int = 0            # tokens per clip whose head features are kept, on the CPU (0: all); for big models
     target_steps: int = 0              # noisy targets: this many of the sampler's steps, evenly spread (0: all)
@@ -93,7 +94,8 @@ class DistillConfig:
             picks = torch.linspace(0, len(steps) - 1, self.target_steps).round().long().unique().tolist()
             steps = tuple(steps[i] for i in picks)
         return SSEConfig(block_frames=self.chunk_frames, weights=tuple(self.sse_weights), source=self.sse_source,
-                         timesteps=steps, supersede=self.sse_supersede, query_stride=self.target_query_stride)
+                         timesteps=steps, supersede=self.sse_supersede,
+                         supersede_share=self.sse_supersede_share, query_stride=self.target_query_stride)
 
     def sampler(self, seed: int) -> SamplerConfig:
         return SamplerConfig(chunk_frames=self.chunk_frames, timesteps=tuple(self.timesteps),

@@ -57,6 +57,9 @@ class SSEConfig:
     #: newer tokens at its place (same patch position) already in the cache, so an older view that a
     #: newer one has replaced stops drawing credit from attention the newer view also receives
     supersede: bool = False
+    #: the share of the newer views' use taken off an older view (1: all of it; less keeps some credit for
+    #: older views, which a budget with room for more than the latest view at a place can use)
+    supersede_share: float = 1.0
     #: noisy sources: every query_stride-th query of a block scores the keys (a cheaper max over queries)
     query_stride: int = 1
 
@@ -80,13 +83,16 @@ class SSEConfig:
             raise ValueError(f"future_min_gap must be >= 1, got {self.future_min_gap}")
         if self.query_stride < 1:
             raise ValueError(f"query_stride must be >= 1, got {self.query_stride}")
+        if not 0 < self.supersede_share <= 1:
+            raise ValueError(f"supersede_share must lie in (0, 1], got {self.supersede_share}")
 
     def to_dict(self) -> dict:
         return {"block_frames": self.block_frames, "weights": list(self.weights),
                 "normalise": self.normalise, "layer_mode": self.layer_mode,
                 "layers": None if self.layers is None else list(self.layers), "source": self.source,
                 "timesteps": list(self.timesteps), "context_timestep": self.context_timestep,
-                "future_min_gap": self.future_min_gap, "supersede": self.supersede, "query_stride": self.query_stride}
+                "future_min_gap": self.future_min_gap, "supersede": self.supersede,
+                "supersede_share": self.supersede_share, "query_stride": self.query_stride}
 
 
 def token_blocks(frames: int, tokens_per_frame: int, block_frames: int, device=None) -> torch.Tensor:
@@ -173,13 +179,13 @@ def combine_regions(regions: torch.Tensor, present: torch.Tensor, cfg: SSEConfig
     return (normed * w).sum(dim=-3) / sum(cfg.weights)
 
 
-def superseded(use: torch.Tensor, tokens_per_frame: int) -> torch.Tensor:
-    """use [..., N] of the live tokens, frame by frame -> the use of each token beyond the highest use
-    of the newer tokens at its place (0 when a newer view is used at least as much)."""
+def superseded(use: torch.Tensor, tokens_per_frame: int, share: float = 1.0) -> torch.Tensor:
+    """use [..., N] of the live tokens, frame by frame -> the use of each token beyond ``share`` of the
+    highest use of the newer tokens at its place (0 when a newer view is used at least as much, share 1)."""
     per_frame = rearrange(use, "... (f p) -> ... f p", p=tokens_per_frame)
     newer = per_frame.flip(-2).cummax(dim=-2).values.flip(-2)           # max over frames >= f
     newer = torch.cat([newer[..., 1:, :], torch.zeros_like(newer[..., :1, :])], dim=-2)   # frames > f
-    return rearrange((per_frame - newer).clamp_min(0), "... f p -> ... (f p)")
+    return rearrange((per_frame - share * newer).clamp_min(0), "... f p -> ... (f p)")
 
 
 @dataclass
@@ -206,7 +212,7 @@ class SalienceTargets:
                             torch.zeros_like(self.use[..., :n_live, :1])], dim=-1)
         future = suffix.gather(-1, first.view(1, 1, 1, -1, 1).expand(*suffix.shape[:-1], 1)).squeeze(-1).mean(dim=2)
         if cfg.supersede:
-            future = superseded(future, self.tokens_per_frame)[..., :n_t]
+            future = superseded(future, self.tokens_per_frame, cfg.supersede_share)[..., :n_t]
         regions = torch.cat([self.regions[:, :2, :, :n_t], future.unsqueeze(1)], dim=1)
         present = self.present[:, :n_t].clone()
         present[2] = first[:n_t] < nb
