@@ -60,6 +60,8 @@ VARIANTS = {
                             sse_supersede=True),
     "long_half_superseded": dict(rollouts=56, heldout=8, steps=1200, rescore_steps=1200, rollout_frames=144,
                                  sse_supersede=True, sse_supersede_share=0.5),
+    "long_half_superseded_monotone": dict(rollouts=56, heldout=8, steps=1200, rescore_steps=1200, rollout_frames=144,
+                                          sse_supersede=True, sse_supersede_share=0.5, age_form="monotone"),
     "world_clips": dict(clips="world"),            # world clips instead of the student's rollouts (--no-watched)
 }
 

@@ -177,7 +177,8 @@ def test_sampling_situation_sources_equal_a_masked_full_forward(runner, context,
 @pytest.mark.parametrize("kwargs", [dict(weights=(1, 1)), dict(weights=(0, 0, 0)), dict(normalise="softmax"),
                                     dict(block_frames=0), dict(timesteps=(1000.0,)), dict(layer_mode="max"),
                                     dict(source="oracle"), dict(source="student", timesteps=(0.0,)),
-                                    dict(weights=(float("nan"), 1, 1))])
+                                    dict(weights=(float("nan"), 1, 1)), dict(supersede_share=0.0),
+                                    dict(supersede_share=1.5), dict(supersede_share=float("nan"))])
 def test_sse_config_errors(kwargs):
     with pytest.raises(ValueError):
         SSEConfig(**kwargs)

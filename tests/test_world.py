@@ -327,7 +327,8 @@ def test_openings_oracle_keeps_each_groups_latest_opening_whole_its_last_frame_f
 def test_committed_recall_models_were_trained_on_todays_recall_world():
     """The research weights and the world's code must not drift apart: the student's metadata records the
     world it learned, and that is today's RECALL preset (a heuristic table needs no head); the head was
-    distilled for this student (its backbone fingerprint) with the age form that cannot turn around."""
+    distilled for this student (its backbone fingerprint) with the recipe docs/results.md reports: the age as
+    an input, 144-frame clips, half-superseded targets (its score at 252 frames is measured there too)."""
     import dataclasses
     import json
 
@@ -344,7 +345,11 @@ def test_committed_recall_models_were_trained_on_todays_recall_world():
     student, head = load_world_models(world=RECALL, with_head=False)
     assert head is None and student.num_layers == 4
     student, head = load_world_models(world=RECALL)           # refuses a head that does not fit the student
-    assert head.config.age_form == "monotone" and head.config.recency == 0.0
+    assert head.config.age_form == "input" and head.config.recency == 0.0
+    with safe_open(world_models(RECALL)[1], "pt") as fh:
+        training = json.loads(fh.metadata()["pafu"])["training"]
+    assert training["data"]["rollout_frames"] == 144
+    assert training["sse"]["supersede"] and training["sse"]["supersede_share"] == 0.5
 
 
 def _paint(frames, frame_ids, cell, color, cfg=W):
