@@ -29,7 +29,8 @@ from pafu_core.salience import load_head, save_head  # noqa: E402
 from pafu_core.world import assets  # noqa: E402
 from pafu_lab.assets import TEACHER  # noqa: E402
 from pafu_lab.world.clips import world_clips  # noqa: E402
-from pafu_lab.world.evaluate import TUNING_SEED, check_budget_fraction, world_frames, world_models  # noqa: E402
+from pafu_lab.world.evaluate import (TUNING_SEED, WATCHED_ONLY, check_budget_fraction, world_frames,  # noqa: E402
+                                     world_models)
 from pafu_core.world.scenes import DEFAULT_WORLD, WORLDS  # noqa: E402
 
 #: the ablation's base recipe; every variant below changes one thing (``SHIPPED`` is the committed head's)
@@ -98,8 +99,9 @@ def main(argv=None):
     args = p.parse_args(argv)
     world = WORLDS[args.world]
     args.student = args.student or world_models(world)[0]
+    policies = [q for q in QUALITY_POLICIES if args.watched or q not in WATCHED_ONLY]   # free: no tell_rule
     for b in args.budgets:                   # the scoring below runs sink_window: checked before any distillation
-        check_budget_fraction(b, QUALITY_POLICIES, flag="--budgets")
+        check_budget_fraction(b, policies, flag="--budgets")
     output_dir(args.out, "--out")
     os.makedirs(args.out, exist_ok=True)
     rollouts = os.path.join(args.out, "rollouts.safetensors")
@@ -130,7 +132,7 @@ def main(argv=None):
             heads[f"{first}+recency{value:g}"] = with_recency(heads[first], value, args.out)
     from benchmarks import bench_quality
     bench_quality.main(["--videos", str(args.videos), "--frames", str(args.frames), "--seed", str(args.seed),
-                        "--budgets", ",".join(map(repr, args.budgets)), "--policies", ",".join(QUALITY_POLICIES),
+                        "--budgets", ",".join(map(repr, args.budgets)), "--policies", ",".join(policies),
                         "--heads", ",".join(f"{k}={v}" for k, v in heads.items()),
                         "--head", heads.get(SHIPPED, next(iter(heads.values()))), "--out", os.path.join(args.out, "quality"),
                         "--world", world.name, "--student", args.student,

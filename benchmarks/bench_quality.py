@@ -29,7 +29,7 @@ from pafu_core.cli import (Parser, UserError, existing_file, fraction_of, list_o
 from pafu_lab.charts import plot_accuracy_vs_budget  # noqa: E402
 from pafu_core.policies import policy_entry, policy_names  # noqa: E402
 from pafu_core.salience import load_head  # noqa: E402
-from pafu_lab.world.evaluate import (BUDGETED, EVAL_SEED, ORACLES, RECALL_EVAL_SEED, TABLE_LEGEND,  # noqa: E402
+from pafu_lab.world.evaluate import (BUDGETED, EVAL_SEED, ORACLES, RECALL_EVAL_SEED, TABLE_LEGEND, WATCHED_ONLY,  # noqa: E402
                                       Batch, check_budget_fraction, check_policies, compare_to_reference, eval_seed,
                                       load_world_models, mean_ci, paired, rollouts, row_policy, table,
                                       training_free_row, world_frames)
@@ -113,9 +113,10 @@ def main(argv=None):
     args = p.parse_args(argv)
     budgets = args.budgets
     if args.policies is None:
-        args.policies = [q for q in BUDGETED if args.watched or q != "tell_rule"]
-    elif not args.watched and "tell_rule" in args.policies:
-        raise UserError("tell_rule reads the frames the cache is written with, which only a watched batch has: "
+        args.policies = [q for q in BUDGETED if args.watched or q not in WATCHED_ONLY]
+    elif not args.watched and set(WATCHED_ONLY) & set(args.policies):
+        bad = next(q for q in args.policies if q in WATCHED_ONLY)
+        raise UserError(f"{bad} reads the frames the cache is written with, which only a watched batch has: "
                         "leave it out of --policies with --no-watched")
     policies = list(dict.fromkeys(check_policies(args.policies)))
     for b in budgets:                        # before any model work, in the flag's unit

@@ -173,6 +173,22 @@ def test_demo_out_is_a_file():
     one_sentence(run("-m", "pafu_lab.demo", "--out", README), "--out", "is a file, not a folder")
 
 
+@pytest.mark.parametrize("watched", [True, False])
+def test_ablation_scores_free_generation_without_the_rows_that_need_watching(tmp_path, monkeypatch, watched):
+    """Free generation (--no-watched) has no frames to write the cache with: tell_rule is left out of the
+    scoring instead of failing after the distillation."""
+    from benchmarks import ablation, bench_quality
+    seen = []
+    monkeypatch.setattr(bench_quality, "main", seen.append)
+    (tmp_path / "head_base.safetensors").write_bytes(b"")                  # distilled already: skipped
+    if watched:
+        (tmp_path / "world_clips_28x72.safetensors").write_bytes(b"")
+    ablation.main(["--variants", "base", "--out", str(tmp_path), "--world", "recall",
+                   "--watched" if watched else "--no-watched"])
+    policies = seen[0][seen[0].index("--policies") + 1].split(",")
+    assert ("tell_rule" in policies) == watched and "oracle_world" in policies
+
+
 def test_ablation_unknown_variant_and_out_is_a_file():
     one_sentence(run("benchmarks/ablation.py", "--variants", "more_data,nope"), "--variants", "'nope'")
     one_sentence(run("benchmarks/ablation.py", "--out", README), "--out", "is a file, not a folder")

@@ -38,6 +38,8 @@ HEURISTICS = tuple(e.name for e in policy_entries() if e.training_free)
 ORACLES = ("oracle_world", "oracle_openings", "oracle_causal")
 #: rows that know the world's design (its schedule, its tell) but not its future: reported, never the bar
 RULES = ("standout_open", "tell_rule")
+#: rows that read the frames the cache is written with, which only a watched batch has
+WATCHED_ONLY = ("tell_rule",)
 #: rows that run a registered policy at other positions, or Deep Forcing's deep sink alone (sink_window with
 #: ``share`` of the budget as sinks): name -> (policy, positions, share)
 VARIANTS = {
