@@ -51,24 +51,33 @@ def labelled_file(text: str) -> tuple[str, str]:
     return label or os.path.splitext(os.path.basename(path))[0], path
 
 
-def start_steps(runs: list[tuple[str, dict, str]]) -> list[int]:
-    """The chained step each run's curve starts at: where its ``--init`` ended when that is a given file, else
-    where the run before it ended."""
+def start_steps(runs: list[tuple[str, dict, str]], started_from: dict[str, str] | None = None) -> list[int]:
+    """The chained step each run's curve starts at: where its ``--init`` ended when that is a given file (or
+    the run ``started_from`` names for it), else where the run before it ended."""
+    started_from = started_from or {}
     ends, offset, out = {}, 0, []
-    for _, rec, path in runs:
-        offset = ends.get(rec.get("init"), offset)
+    for label, rec, path in runs:
+        offset = ends.get(started_from.get(label, rec.get("init")), offset)
         out.append(offset)
         offset += rec["step"]
-        ends[os.path.basename(path)] = offset
+        ends[os.path.basename(path)] = ends[label] = offset
     return out
 
 
-def render(runs: list[tuple[str, dict, str]], out: str) -> None:
+def started_from_pair(text: str) -> tuple[str, str]:
+    """``RUN=INIT`` (both run labels) -> (RUN, INIT)."""
+    run, sep, init = text.partition("=")
+    if not (sep and run and init):
+        raise argparse.ArgumentTypeError(f"expected RUN=INIT (two run labels), got {text!r}")
+    return run, init
+
+
+def render(runs: list[tuple[str, dict, str]], out: str, started_from: dict[str, str] | None = None) -> None:
     import matplotlib
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(9, 4.2), dpi=100)
-    for (name, rec, _), offset in zip(runs, start_steps(runs)):
+    for (name, rec, _), offset in zip(runs, start_steps(runs, started_from)):
         steps, losses = zip(*rec["history"])
         ax.plot([offset + s for s in steps], losses, label=f"{name}: {rec['frames']} frames"
                 + (f", tail {rec['tail']}" if rec.get("tail") else "")
@@ -89,16 +98,23 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("weights", nargs="+", type=labelled_file,
                    help="the runs' weights ([LABEL=]path), in chain order: each after the run it started from")
+    p.add_argument("--started-from", type=started_from_pair, action="append", default=[], metavar="RUN=INIT",
+                   help="the run RUN started from the given run INIT, whatever name its recorded --init had then "
+                        "(a file since renamed: D2=C2 where C2 was trained as pafu_recall_student.safetensors)")
     p.add_argument("--out", default="out/training_curves.png")
     args = p.parse_args(argv)
     runs = [(label, run_record(path), path) for label, path in args.weights]
+    started_from = dict(args.started_from)
+    unknown = sorted((set(started_from) | set(started_from.values())) - {label for label, _ in args.weights})
+    if unknown:
+        p.error(f"--started-from names runs not given: {', '.join(unknown)}")
     print("| run | init | frames | tail | steps | batch | lr | seed | minutes | first loss | final loss |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name, rec, _ in runs:
-        print(f"| {name} | {rec.get('init')} | {rec['frames']} | {rec.get('tail') or '-'} | {rec['step']} | "
+        print(f"| {name} | {started_from.get(name, rec.get('init'))} | {rec['frames']} | {rec.get('tail') or '-'} | {rec['step']} | "
               f"{rec['batch']} | {rec['lr']} | {rec['seed']} | {minutes(rec)} | "
               f"{rec['history'][0][1]:.4f} | {rec['history'][-1][1]:.4f} |")
-    render(runs, args.out)
+    render(runs, args.out, started_from)
     print(f"wrote {args.out}")
 
 

@@ -57,6 +57,15 @@ def test_training_curves_chain_the_runs_and_refuse_weights_without_a_record(tmp_
     assert start_steps(runs) == [0, 100, 100]                  # C branches from A as B does, not after B
     main([first, f"branch={third}", "--out", str(out)])
     assert "| branch | A.safetensors |" in capsys.readouterr().out
+    renamed = weights("D", {"frames": 108, "tail": 42, "step": 20, "batch": 4, "lr": 2e-4, "seed": 24,
+                            "init": "committed.safetensors", "runs": [{"minutes": 1.0}], "history": [[20, 0.2]]})
+    runs.append(("D", run_record(renamed), renamed))
+    assert start_steps(runs) == [0, 100, 100, 130]             # an init no file has now: after the run before
+    assert start_steps(runs, {"D": "B"}) == [0, 100, 100, 150]  # told which run it was: where B ended
+    main([first, second, renamed, "--started-from", "D=B", "--out", str(out)])
+    assert "| D | B |" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main([first, "--started-from", "D=A", "--out", str(out)])
     with pytest.raises(ValueError, match="no training record"):
         run_record(weights("bare", None))
     with pytest.raises(ValueError, match="no curve"):
