@@ -44,6 +44,9 @@ QUALITY_POLICIES = ("fifo", "sink_window", "standout", "attention_mass", "key_no
                     "tell_rule", "oracle_world", "oracle_causal")
 #: the shipped head's fixed recency term (salience per frame of age), chosen with --recency-sweep on the tuning seed
 RECENCY = 0.05
+#: the data and steps every head from "more_data" on is distilled with; LONG on 144-frame clips
+MORE_DATA = dict(rollouts=56, heldout=8, steps=1200, rescore_steps=1200)
+LONG = dict(MORE_DATA, rollout_frames=144)
 VARIANTS = {
     "base": {},
     "sse_teacher_noisy": dict(targets="sse_teacher_noisy"),
@@ -52,17 +55,14 @@ VARIANTS = {
     "entry_only": dict(rescore=False),
     "paper_entry_only": dict(targets="sse_teacher_clean", rescore=False),
     "no_age": dict(rescore_inputs=("entry", "newer")),
-    "more_data": dict(rollouts=56, heldout=8, steps=1200, rescore_steps=1200),
-    "recency": dict(rollouts=56, heldout=8, steps=1200, rescore_steps=1200, recency=RECENCY),   # the shipped head
-    "monotone_age": dict(rollouts=56, heldout=8, steps=1200, rescore_steps=1200, age_form="monotone"),
-    "superseded": dict(rollouts=56, heldout=8, steps=1200, rescore_steps=1200, sse_supersede=True),
-    "long_clips": dict(rollouts=56, heldout=8, steps=1200, rescore_steps=1200, rollout_frames=144),
-    "long_superseded": dict(rollouts=56, heldout=8, steps=1200, rescore_steps=1200, rollout_frames=144,
-                            sse_supersede=True),
-    "long_half_superseded": dict(rollouts=56, heldout=8, steps=1200, rescore_steps=1200, rollout_frames=144,
-                                 sse_supersede=True, sse_supersede_share=0.5),
-    "long_half_superseded_monotone": dict(rollouts=56, heldout=8, steps=1200, rescore_steps=1200, rollout_frames=144,
-                                          sse_supersede=True, sse_supersede_share=0.5, age_form="monotone"),
+    "more_data": MORE_DATA,
+    "recency": dict(MORE_DATA, recency=RECENCY),   # the shipped head
+    "monotone_age": dict(MORE_DATA, age_form="monotone"),
+    "superseded": dict(MORE_DATA, sse_supersede=True),
+    "long_clips": LONG,
+    "long_superseded": dict(LONG, sse_supersede=True),
+    "long_half_superseded": dict(LONG, sse_supersede=True, sse_supersede_share=0.5),
+    "long_half_superseded_monotone": dict(LONG, sse_supersede=True, sse_supersede_share=0.5, age_form="monotone"),
     "world_clips": dict(clips="world"),            # world clips instead of the student's rollouts (--no-watched)
 }
 

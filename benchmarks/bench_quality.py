@@ -114,9 +114,8 @@ def main(argv=None):
     budgets = args.budgets
     if args.policies is None:
         args.policies = [q for q in BUDGETED if args.watched or q not in WATCHED_ONLY]
-    elif not args.watched and set(WATCHED_ONLY) & set(args.policies):
-        bad = next(q for q in args.policies if q in WATCHED_ONLY)
-        raise UserError(f"{bad} reads the frames the cache is written with, which only a watched batch has: "
+    elif not args.watched and (bad := [q for q in args.policies if q in WATCHED_ONLY]):
+        raise UserError(f"{bad[0]} reads the frames the cache is written with, which only a watched batch has: "
                         "leave it out of --policies with --no-watched")
     policies = list(dict.fromkeys(check_policies(args.policies)))
     for b in budgets:                        # before any model work, in the flag's unit
