@@ -2,6 +2,8 @@
 
 from types import SimpleNamespace
 
+import torch
+
 from benchmarks.bench_quality import verdicts
 
 
@@ -70,3 +72,26 @@ def test_training_curves_chain_the_runs_and_refuse_weights_without_a_record(tmp_
         run_record(weights("bare", None))
     with pytest.raises(ValueError, match="no curve"):
         run_record(weights("old", {"frames": 42}))
+
+
+def test_schedule_agreement_counts_a_video_against_the_schedule_it_was_given(capsys):
+    """The world's own frames agree with the world's schedule everywhere; against the curtain closed from the
+    start on, exactly their open frames disagree, each a closed frame that shows an object. The script runs."""
+    import pytest
+    from benchmarks.diagnose_schedule import given_schedule, main, schedule_agreement
+    from pafu_core.cli import UserError
+    from pafu_core.world.scenes import RECALL, render_clip
+
+    clip = render_clip(5, 60, style=0, cfg=RECALL)
+    own = schedule_agreement(clip.frames, clip, given_schedule(clip, "world", 1, 5), 1)
+    assert own["agree"] == own["frames"] == 59 and own["open"] == int(clip.visible[1:].sum()) > 0
+    assert own["closed_shows"] == own["open_shows_none"] == 0
+    closed = schedule_agreement(clip.frames, clip, given_schedule(clip, "closed", 1, 5), 1)
+    assert closed["open"] == 0 and closed["closed_shows"] == own["open"] == own["frames"] - closed["agree"]
+    shifted = given_schedule(clip, "shifted", 1, 5)
+    assert torch.equal(shifted[:1], clip.showing[:1]) and torch.equal(shifted[6:], clip.showing[1:-5])
+    main(["--videos", "1", "--frames", "12"])
+    out = capsys.readouterr().out
+    assert "free     keep_all     closed" in out and "watched  keep_all     world" in out
+    with pytest.raises(UserError, match="tell_rule"):
+        main(["--policies", "tell_rule"])

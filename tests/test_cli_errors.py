@@ -152,6 +152,10 @@ def test_world_train_missing_and_wrong_init(tmp_path):
                      "--situation-rule-targets"), "--situation-rule-targets needs free rollouts")
     one_sentence(run("-m", "pafu_lab.world.train", "student", "--out", out, "--situation-every", "1",
                      "--situation-policies", "fifo,pafu"), "pafu policy", "needs a head (--situation-head)")
+    one_sentence(run("-m", "pafu_lab.world.train", "student", "--out", out, "--world", "recall", "--schedule-slips",
+                     "1.5"), "--schedule-slips must lie in [0, 1), got 1.5")
+    one_sentence(run("-m", "pafu_lab.world.train", "student", "--out", out, "--schedule-slips", "0.1"),
+                 "--schedule-slips", "gives no schedule as conditioning")
     one_sentence(run("-m", "pafu_lab.world.train", "student", "--out", out, "--layers", "6"),
                  "--layers grows a trained model", "--init")
     one_sentence(run("-m", "pafu_lab.world.train", "student", "--out", out, "--layers", "3", "--init",

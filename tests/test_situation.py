@@ -8,11 +8,11 @@ from safetensors.torch import load_file
 from pafu_core.adapter import WanChunkRunner
 from pafu_core.policies import make_policy
 from pafu_core.schedule import SamplerConfig
-from pafu_core.world.scenes import RECALL
+from pafu_core.world.scenes import CLOSED, RECALL, schedule_token
 from pafu_lab.world.situation import (chunk_of_frames, draw_situation, policy_rollout, rule_frames,
                                      situation_budget, situation_masks, unknowable_cells)
-from pafu_lab.world.train import (Situation, _fresh_student, own_rollout_targets, student_loss, teacher_forcing_mask,
-                                  train, whole_chunk_tail, world_batch)
+from pafu_lab.world.train import (Situation, _fresh_student, own_rollout_targets, slipped_schedule, student_loss,
+                                  teacher_forcing_mask, train, whole_chunk_tail, world_batch)
 
 SAMPLER = SamplerConfig()
 
@@ -211,3 +211,38 @@ def test_rule_targets_return_an_object_as_the_rollout_last_drew_it():
     assert targets.shape == rows.shape and unknown_lat.shape == (2, 1, *rows.shape[2:])
     assert torch.allclose(decode_frames(targets[0]), clip.frames, atol=1e-5)
     assert unknown_lat[1].sum() > unknown_lat[0].sum() and torch.equal(own_rollout_targets(rows, [clip, clip], 1)[1], unknown_lat)
+
+
+def test_a_slipped_schedule_misreads_a_share_of_the_frames_each_as_another_state():
+    """Every slipped frame reads a schedule token the world never gave it (the curtain's other state or the
+    other group), about ``share`` of the frames slip, the style tokens stay, and the slips follow the generator."""
+    _, ctx, _, clips = batch(108, rows=4)
+    tokens = torch.cat([schedule_token(g, RECALL) for g in range(CLOSED, RECALL.groups)], dim=1)[0]   # [G+1, D]
+    slipped = slipped_schedule(clips, 0.25, torch.Generator().manual_seed(1))
+    assert slipped.shape == ctx.shape and torch.equal(slipped[:, :, :-1], ctx[:, :, :-1])
+    read = (slipped[:, :, -1, None] - tokens).norm(dim=-1).argmin(-1) - 1        # [B, F] the value each frame reads
+    given = torch.stack([c.showing for c in clips])
+    moved = read != given
+    assert 0.18 < moved.float().mean() < 0.32
+    assert torch.equal(moved, (slipped[:, :, -1] != ctx[:, :, -1]).any(-1))     # a frame either slips or is as given
+    assert {int(v) for v in read[moved].unique()} == {CLOSED, 0, 1}
+    assert torch.equal(slipped, slipped_schedule(clips, 0.25, torch.Generator().manual_seed(1)))
+    assert torch.equal(slipped_schedule(clips, 0.0, torch.Generator()), ctx)
+
+
+def test_the_clean_copies_read_the_slipped_schedule_and_the_trained_frames_their_own(student):
+    """``ctx_past`` equal to ``ctx`` is the plain loss; a slipped one changes it. Misreading the trained frames'
+    own schedule instead (``ctx`` slipped everywhere) is another loss again: the noisy copies keep theirs."""
+    lat, ctx, weights, clips = batch(9)
+    slipped = slipped_schedule(clips, 0.5, torch.Generator().manual_seed(2))
+
+    def loss(**kw):
+        with torch.no_grad():
+            return student_loss(student, lat, kw.pop("ctx", ctx), weights, torch.Generator().manual_seed(5), "cpu",
+                                SAMPLER, "full", **kw)
+
+    plain = loss()
+    assert torch.allclose(loss(ctx_past=ctx), plain, rtol=1e-6, atol=1e-8)
+    past_only = loss(ctx_past=slipped)
+    assert (past_only - plain).abs() > 1e-7
+    assert (loss(ctx=slipped) - past_only).abs() > 1e-7

@@ -39,7 +39,7 @@ from pafu_core.cli import (Parser, existing_file, fraction_of, list_of, nonneg_i
 from pafu_core.schedule import TIMESTEP_SCALE, SamplerConfig, warp_timesteps
 from pafu_core.wan import WanConfig, WanDiT, init_weights_, load_wan_checkpoint
 from pafu_core.world.codec import decode_frames, encode_frames
-from pafu_core.world.scenes import DEFAULT_WORLD, WORLDS, WorldConfig, render_clip
+from pafu_core.world.scenes import CLOSED, DEFAULT_WORLD, WORLDS, WorldConfig, frame_context, render_clip
 
 from .metrics import cells_to_grid
 from .situation import (BUDGET_RANGE, SITUATION_POLICIES, build_policy, draw_situation, policy_rollout,
@@ -72,6 +72,23 @@ def world_batch(step: int, batch: int, seed: int, cfg: WorldConfig = DEFAULT_WOR
         clips.append(clip)
     out = torch.stack(lat), torch.cat(ctx), torch.stack(weights)
     return (*out, clips) if with_clips else out
+
+
+def slipped_schedule(clips, share: float, gen: torch.Generator) -> torch.Tensor:
+    """[B, F, L, D] the clips' conditioning with each frame's schedule token replaced, at ``share`` of the
+    frames, by another one drawn at random (the curtain open for a closed frame, closed or another group for an
+    open one). Read by the clean copies only, it makes the cached frames disagree with their schedule as a free
+    rollout's own past does (an object it drew where the curtain was closed), so that the noisy chunk learns to
+    follow its own schedule, not the past's."""
+    out = []
+    for clip in clips:
+        showing = (clip.showing if clip.showing is not None else torch.where(clip.visible, 0, CLOSED)).clone()
+        slip = torch.rand(len(showing), generator=gen) < share
+        other = torch.randint(clip.cfg.groups, (len(showing),), generator=gen)     # one of the other values
+        values = other + (other >= showing + 1).long() - 1        # [CLOSED, groups) without the frame's own
+        showing[slip] = values[slip]
+        out.append(frame_context(clip.style, showing, clip.cfg))
+    return torch.cat(out)
 
 
 #: the loss counts the cells that hold objects this much more than the backdrop: what must be remembered
@@ -165,12 +182,13 @@ def teacher_forcing_mask(frames: int, chunk: int, tpf: int, gen, mode: str) -> t
 def student_loss(runner: WanChunkRunner, lat, ctx, weights, gen, device, sampler: SamplerConfig,
                  mode: str, own_context: bool = False, masks: torch.Tensor | None = None,
                  tail: int | None = None, past: torch.Tensor | None = None,
-                 chunk_of_frame: torch.Tensor | None = None) -> torch.Tensor:
+                 chunk_of_frame: torch.Tensor | None = None, ctx_past: torch.Tensor | None = None) -> torch.Tensor:
     """The one-pass teacher-forcing loss; ``masks`` [B, L, 2N, 2N] (``situation.situation_masks``: what a
     policy's cache held) replaces the view ``mode`` of the past, layer by layer. ``tail``: only the last
     ``tail`` frames are trained (their noisy copies; rounded down to whole chunks), over the whole clean clip: a
     long horizon at a bounded cost. ``past``: what the clean copies hold instead of ``lat`` (a free rollout's
-    own frames), chunked as ``chunk_of_frame`` [F] says (default: whole chunks from frame 0)."""
+    own frames), chunked as ``chunk_of_frame`` [F] says (default: whole chunks from frame 0). ``ctx_past``: the
+    clean copies' conditioning instead of ``ctx`` (``slipped_schedule``)."""
     b, _, f, h, w = lat.shape
     chunk = sampler.chunk_frames
     if chunk_of_frame is None:
@@ -195,10 +213,12 @@ def student_loss(runner: WanChunkRunner, lat, ctx, weights, gen, device, sampler
         # the context as the model itself would have written it: its one-pass estimate of every chunk
         # (exposure bias: in a rollout the cache holds generated chunks, not the world's clean frames)
         with torch.no_grad():
-            flow = teacher_forcing_forward(runner, lat, noisy, t_noisy, ctx, offset, mask, sampler.context_timestep)
+            flow = teacher_forcing_forward(runner, lat, noisy, t_noisy, ctx, offset, mask, sampler.context_timestep,
+                                          ctx_past)
             estimate = (noisy - s5[:, :, f - tail:] * flow).detach()
             context = torch.cat([lat[:, :, :f - tail], estimate], dim=2)
-    pred = teacher_forcing_forward(runner, context, noisy, t_noisy, ctx, offset, mask, sampler.context_timestep)
+    pred = teacher_forcing_forward(runner, context, noisy, t_noisy, ctx, offset, mask, sampler.context_timestep,
+                                  ctx_past)
     return weighted_mse(pred, (noise - lat)[:, :, f - tail:], weights[:, :, f - tail:])
 
 
@@ -212,11 +232,13 @@ def whole_chunk_tail(tail: int, chunk_of_frame: torch.Tensor) -> int:
     return f - first
 
 
-def teacher_forcing_forward(runner: WanChunkRunner, clean, noisy, t_noisy, ctx, offset, mask, t_ctx=0.0):
+def teacher_forcing_forward(runner: WanChunkRunner, clean, noisy, t_noisy, ctx, offset, mask, t_ctx=0.0,
+                            ctx_past=None):
     """One pass over [clean | noisy] with shared RoPE positions; returns the noisy half's flow [B, C, T, H, W].
 
     ``clean`` [B, C, F, H, W]; ``noisy`` [B, C, T, H, W] the copies of the last T <= F frames, at ``t_noisy``
-    [B, T]; ``mask`` [(F + T) tpf, (F + T) tpf] for every layer and row, or [B, L, ...] per row and layer."""
+    [B, T]; ``mask`` [(F + T) tpf, (F + T) tpf] for every layer and row, or [B, L, ...] per row and layer;
+    ``ctx_past``: per-frame text for the clean copies that differs from the noisy copies' ``ctx``."""
     b, _, f = clean.shape[:3]
     tail = noisy.shape[2]
     tokens_c, grid = runner.patchify(clean)
@@ -228,7 +250,11 @@ def teacher_forcing_forward(runner: WanChunkRunner, clean, noisy, t_noisy, ctx, 
     freqs = (torch.cat([cos, cos[-n_tail:]]), torch.cat([sin, sin[-n_tail:]]))
     cross = runner.cross_kv(runner.embed_text(ctx))
     if ctx.dim() == 4:              # text per frame: the clean and the noisy copy of a frame share it
-        cross = [(torch.cat([k, k[:, f - tail:]], dim=1), torch.cat([v, v[:, f - tail:]], dim=1)) for k, v in cross]
+        past = cross if ctx_past is None else runner.cross_kv(runner.embed_text(ctx_past))
+        cross = [(torch.cat([kp, k[:, f - tail:]], dim=1), torch.cat([vp, v[:, f - tail:]], dim=1))
+                 for (k, v), (kp, vp) in zip(cross, past)]
+    elif ctx_past is not None:
+        raise ValueError("ctx_past is per-frame conditioning: it needs a world whose schedule is conditioning")
 
     def attend(i, q, k, v, hid, k_raw):
         return runner.ops.attention(q, k, v, mask if mask.dim() == 2 else mask[:, i, None])
@@ -371,9 +397,14 @@ def train(kind: str, steps: int, batch: int, lr: float, seed: int, device: str, 
           frames: int | None = None, views: tuple[str, ...] = PAST_VIEWS, open_weight: str = "objects",
           situation: Situation = Situation(), checkpoint: str | None = None, resume: str | None = None,
           save_every: int = 100, max_minutes: float | None = None, tail: int | None = None,
-          layers: int | None = None) -> dict:
+          layers: int | None = None, schedule_slips: float = 0.0) -> dict:
     """Train ``steps`` steps (or go on from ``resume``, a ``checkpoint`` an earlier run of the same command
-    wrote); stops early, checkpoint and weights written, after ``max_minutes``. Returns the run's metadata."""
+    wrote); stops early, checkpoint and weights written, after ``max_minutes``. ``schedule_slips``: the share of
+    the clean copies' frames whose schedule token is misread (``slipped_schedule``). Returns the run's metadata."""
+    if not 0 <= schedule_slips < 1:
+        raise ValueError(f"schedule_slips must lie in [0, 1), got {schedule_slips}")
+    if schedule_slips and not world.schedule_conditioning:
+        raise ValueError(f"the {world.name} world gives no schedule as conditioning: there is no schedule to slip")
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     model = load_wan_checkpoint(init) if init else _fresh_student(seed)
@@ -401,11 +432,13 @@ def train(kind: str, steps: int, batch: int, lr: float, seed: int, device: str, 
            "runs": [], "history": []}
     if layers is not None:
         run["layers"] = layers
+    if schedule_slips:
+        run["schedule_slips"] = schedule_slips
     first = 0
     if resume:
         first, earlier = load_checkpoint(resume, model, opt, sched, gen)
         fixed = ("kind", "steps", "batch", "lr", "seed", "own_context", "frames", "tail", "views", "open_weight",
-                 "situation", "layers")
+                 "situation", "layers", "schedule_slips")
         changed = [k for k in fixed if json.dumps(earlier.get(k), sort_keys=True) != json.dumps(run.get(k), sort_keys=True)]
         if changed:
             raise ValueError(f"--resume {resume} was written by a run with other {', '.join(changed)}; resume with "
@@ -445,8 +478,10 @@ def train(kind: str, steps: int, batch: int, lr: float, seed: int, device: str, 
                     if targets is not None:
                         lat = targets.to(device)
             own = own_context > 0 and step % own_context == 0
+            ctx_past = slipped_schedule(clips, schedule_slips, torch.Generator().manual_seed(seed * 7_919 + step)) \
+                .to(device) if schedule_slips else None
             loss = student_loss(runner, lat, ctx, weights, gen, device, sampler, modes[step % len(modes)], own,
-                                masks=masks, tail=tail, past=past, chunk_of_frame=chunks)
+                                masks=masks, tail=tail, past=past, chunk_of_frame=chunks, ctx_past=ctx_past)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -523,6 +558,10 @@ def main(argv=None) -> None:
                    help="in a free rollout's step, an object whose latest showing the rollout drew in another colour "
                         "returns in that colour (the world's rule on the rollout's own past) instead of weighing "
                         "nothing")
+    p.add_argument("--schedule-slips", type=float, default=0.0,
+                   help="share of the past frames whose schedule token the cache's copies read wrong, the frames "
+                        "being trained keeping theirs: the past disagrees with its schedule as a free rollout's "
+                        "own past does, and the student learns to follow the schedule it is given (default 0)")
     p.add_argument("--checkpoint", default=None,
                    help="write the run's state here every --save-every steps and at the end (for --resume)")
     p.add_argument("--save-every", type=positive_int, default=100)
@@ -549,6 +588,10 @@ def main(argv=None) -> None:
             check_fits(budget.tokens(world.cells), SamplerConfig().chunk_frames, world.cells, budget.sink_frames)
         except ValueError as err:
             p.error(f"--situation-budgets {low:g} for {name}: {err}")
+    if not 0 <= args.schedule_slips < 1:
+        p.error(f"--schedule-slips must lie in [0, 1), got {args.schedule_slips:g}")
+    if args.schedule_slips and not world.schedule_conditioning:
+        p.error(f"--schedule-slips: the {world.name} world gives no schedule as conditioning (use --world recall)")
     try:
         situation = Situation(args.situation_every, tuple(args.situation_policies), args.situation_head,
                               tuple(args.situation_budgets), args.situation_free_every, args.situation_free_from,
@@ -558,7 +601,8 @@ def main(argv=None) -> None:
     meta = train(args.kind, args.steps, args.batch, args.lr, args.seed, args.device, args.out, args.init,
                  own_context=args.own_context, world=world, frames=args.frames, views=tuple(args.views),
                  open_weight=args.open_weight, situation=situation, checkpoint=args.checkpoint, resume=args.resume,
-                 save_every=args.save_every, max_minutes=args.max_minutes, tail=args.tail_frames, layers=args.layers)
+                 save_every=args.save_every, max_minutes=args.max_minutes, tail=args.tail_frames, layers=args.layers,
+                 schedule_slips=args.schedule_slips)
     print(json.dumps({k: v for k, v in meta.items() if k != "history"}, indent=1))
 
 
