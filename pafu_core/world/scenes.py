@@ -163,8 +163,13 @@ class Clip:
         world whose schedule is given as conditioning."""
         if not self.cfg.schedule_conditioning:
             return style_context(self.style, self.cfg)
-        showing = self.showing if self.showing is not None else torch.where(self.visible, 0, CLOSED)
-        return frame_context(self.style, showing, self.cfg)
+        return frame_context(self.style, self.schedule, self.cfg)
+
+    @property
+    def schedule(self) -> torch.Tensor:
+        """[F] long: the group the open curtain shows per frame, ``CLOSED`` while it is closed (a world of one
+        group: group 0 whenever open)."""
+        return self.showing if self.showing is not None else torch.where(self.visible, 0, CLOSED)
 
 
 def visible_schedule(frames: int, phase: int, cfg: WorldConfig = DEFAULT_WORLD) -> torch.Tensor:

@@ -39,7 +39,7 @@ from pafu_core.cli import (Parser, existing_file, fraction_of, list_of, nonneg_i
 from pafu_core.schedule import TIMESTEP_SCALE, SamplerConfig, warp_timesteps
 from pafu_core.wan import WanConfig, WanDiT, init_weights_, load_wan_checkpoint
 from pafu_core.world.codec import decode_frames, encode_frames
-from pafu_core.world.scenes import CLOSED, DEFAULT_WORLD, WORLDS, WorldConfig, frame_context, render_clip
+from pafu_core.world.scenes import DEFAULT_WORLD, WORLDS, WorldConfig, frame_context, render_clip
 
 from .metrics import cells_to_grid
 from .situation import (BUDGET_RANGE, SITUATION_POLICIES, build_policy, draw_situation, policy_rollout,
@@ -82,7 +82,7 @@ def slipped_schedule(clips, share: float, gen: torch.Generator) -> torch.Tensor:
     follow its own schedule, not the past's."""
     out = []
     for clip in clips:
-        showing = (clip.showing if clip.showing is not None else torch.where(clip.visible, 0, CLOSED)).clone()
+        showing = clip.schedule.clone()
         slip = torch.rand(len(showing), generator=gen) < share
         other = torch.randint(clip.cfg.groups, (len(showing),), generator=gen)     # one of the other values
         values = other + (other >= showing + 1).long() - 1        # [CLOSED, groups) without the frame's own
